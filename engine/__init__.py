@@ -1,0 +1,1 @@
+"""The engine: priors, schedules, step rules, the sampler loop, hooks, recipes and the CLI."""

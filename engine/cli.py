@@ -1,0 +1,198 @@
+"""The ``guidestack`` command line.
+
+Exit codes: 0 success; 2 usage, recipe or input errors (the user must change something);
+1 runtime failures.  Errors print as one paragraph; ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+from .. import __version__
+from .errors import GuidestackError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 too, but with our wording
+        raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="guidestack", description="Restore images with pretrained diffusion priors, composed from plugins.")
+    parser.add_argument("--version", action="version", version=f"guidestack {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="restore images with a recipe")
+    run.add_argument("recipe", help="built-in recipe name or path to a .toml file")
+    run.add_argument("inputs", nargs="+", help="image files or folders of images")
+    run.add_argument("-o", "--output", required=True, help="output folder")
+    run.add_argument("--mask", help="mask image (white = missing), or a folder of masks named like the inputs")
+    run.add_argument("--reference", help="reference image, or a folder of references named like the inputs")
+    run.add_argument("--prior", help="prior name, .pt file, diffusers folder or hub id (default: the recipe's)")
+    run.add_argument("--seed", type=int, default=0, help="run seed; each input's seed derives from it and its file name")
+    run.add_argument("--steps", type=int, help="override sampler.steps")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE", help="override a recipe value (TOML-typed), e.g. guidance.scale=0.05 or stage.smooth-semantics.weight=2")
+    run.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available, else cpu)")
+    run.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="denoiser dtype (default: the recipe's prior.dtype)")
+    run.add_argument("--batch-size", type=int, default=1, help="images per batch (results do not depend on it)")
+    run.add_argument("--trajectory", type=int, default=0, metavar="N", help="also write <name>_trajectory.png with N x0 predictions")
+    run.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    recipes = sub.add_parser("recipes", help="list recipes")
+    recipes.add_argument("--json", action="store_true")
+
+    plugins = sub.add_parser("plugins", help="list installed plugins with their stages, priors and restorers")
+    plugins.add_argument("--json", action="store_true")
+
+    validate = sub.add_parser("validate", help="check a recipe and print it as it would run")
+    validate.add_argument("recipe")
+    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
+    validate.add_argument("--prior", help="specialise per_prior tables for this prior name")
+
+    prior = sub.add_parser("prior", help="prior tools")
+    prior_sub = prior.add_subparsers(dest="prior_command", required=True, parser_class=_Parser)
+    fit = prior_sub.add_parser("fit", help="fit a Gaussian (probabilistic PCA) prior from a folder of aligned faces")
+    fit.add_argument("folder")
+    fit.add_argument("-o", "--output", required=True, help="output .pt file")
+    fit.add_argument("--size", type=int, default=64)
+    fit.add_argument("--components", type=int, default=32)
+    fit.add_argument("--no-flips", action="store_true", help="do not add horizontally flipped copies")
+    fit.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        return _dispatch(args)
+    except GuidestackError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - last resort: one paragraph, not a traceback
+        if debug:
+            traceback.print_exc()
+        print(f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from .registry import default_registry
+
+    if args.command == "run":
+        from .cli_run import run_command
+
+        return run_command(args, default_registry())
+    if args.command == "recipes":
+        return _recipes(args, default_registry())
+    if args.command == "plugins":
+        return _plugins(args, default_registry())
+    if args.command == "validate":
+        return _validate(args, default_registry())
+    if args.command == "prior" and args.prior_command == "fit":
+        return _prior_fit(args)
+    raise UsageError(f"unknown command {args.command}")
+
+
+def _recipes(args: argparse.Namespace, registry) -> int:
+    from .recipe import load_raw, recipe_index
+
+    rows = []
+    for name, (plugin, _) in sorted(recipe_index(registry).items()):
+        _, raw, _ = load_raw(name, registry)
+        rows.append({"name": name, "plugin": plugin, "description": raw.get("description", ""), "stages": [s.get("use") for s in raw.get("stage", [])]})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        width = max((len(r["name"]) for r in rows), default=0)
+        for r in rows:
+            print(f"{r['name']:<{width}}  {r['description']}")
+    return 0
+
+
+def plugins_listing(registry) -> list[dict[str, Any]]:
+    out = []
+    for plugin, info in sorted(registry.plugins.items()):
+        entry: dict[str, Any] = {"name": plugin, "module": info.get("module"), "version": info.get("version")}
+        for kind in ("stage", "prior", "prior_backend", "restorer", "degradation"):
+            names = info.get(kind, [])
+            entry[kind + "s"] = [
+                {
+                    "name": n,
+                    "description": registry.get(kind, n).description,
+                    "hooks": list(registry.get(kind, n).hooks),
+                    "options": _options_schema(registry.get(kind, n).options),
+                }
+                for n in names
+            ]
+        out.append(entry)
+    return out
+
+
+def _options_schema(model) -> dict[str, Any]:
+    if model is None:
+        return {}
+    fields = {}
+    for name, f in model.model_fields.items():
+        if name in ("use", "id"):
+            continue
+        fields[name] = {"type": str(f.annotation).replace("typing.", ""), "default": None if f.is_required() else repr(f.get_default(call_default_factory=True)), "description": f.description or ""}
+    return fields
+
+
+def _plugins(args: argparse.Namespace, registry) -> int:
+    listing = plugins_listing(registry)
+    if args.json:
+        print(json.dumps(listing, indent=2, default=str))
+        return 0
+    for plugin in listing:
+        version = f" {plugin['version']}" if plugin["version"] else ""
+        print(f"{plugin['name']}{version} ({plugin['module']})")
+        for kind in ("stages", "priors", "prior_backends", "restorers", "degradations"):
+            for item in plugin[kind]:
+                hooks = f" [{', '.join(item['hooks'])}]" if item["hooks"] else ""
+                print(f"  {kind[:-1]:<13} {item['name']:<22}{hooks} {item['description']}")
+    return 0
+
+
+def _validate(args: argparse.Namespace, registry) -> int:
+    from .recipe import load_recipe
+
+    prior_name = prior_kind = None
+    if args.prior is not None:
+        from .prior_source import load_prior
+
+        prior = load_prior(args.prior, registry)
+        prior_name, prior_kind = prior.name, prior.kind
+    recipe = load_recipe(args.recipe, registry, args.overrides, prior_name=prior_name, prior_kind=prior_kind)
+    print(f"{recipe.source}: valid")
+    print(json.dumps(recipe.resolved(), indent=2, default=str))
+    return 0
+
+
+def _prior_fit(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from guidestack.plugins.priors.fit import fit_command
+
+    from .errors import OutputError
+
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise OutputError(f"{out} already exists; pass --overwrite to replace it")
+    report = fit_command(args.folder, out, args.size, args.components, not args.no_flips)
+    print(json.dumps(report, indent=2, default=str))
+    return 0

@@ -1,0 +1,273 @@
+"""``guidestack run``: restore every input with a recipe, safely.
+
+Nothing is written until the recipe, the prior and the output folder are known to be usable;
+existing outputs are never replaced without ``--overwrite``; every file is written atomically;
+an input that cannot be read or fails is reported and the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from .context import Observation
+from .errors import GuidestackError, InputError, UsageError
+from .imageio import LoadedImage, check_same_size, read_image, to_square
+from .outputs import prepare_output_dir, save_image, save_pil, write_json
+from .pictures import compare_grid, trajectory_strip
+from .prior_source import load_prior
+from .progress import Progress
+from .recipe import load_recipe
+from .registry import Registry
+from .run import derive_seed, run_recipe
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class Item:
+    """One input of a run and what happened to it."""
+
+    path: Path
+    name: str
+    seed: int
+    status: str = "pending"
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    image: LoadedImage | None = None
+    mask: LoadedImage | None = None
+    reference: LoadedImage | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def pick_device(name: str | None) -> torch.device:
+    if name:
+        try:
+            device = torch.device(name)
+        except RuntimeError as exc:
+            raise UsageError(f"--device {name!r} is not a torch device ({exc})") from exc
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise UsageError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files stay as given; folders expand to their images (sorted).  Missing paths are kept so
+    they are reported as failed inputs rather than silently dropped."""
+    paths: list[Path] = []
+    for text in inputs:
+        path = Path(text).expanduser()
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if not found:
+                raise UsageError(f"folder {path} has no images ({', '.join(IMAGE_SUFFIXES)})")
+            paths.extend(found)
+        else:
+            paths.append(path)
+    return paths
+
+
+def companion(ref: str | None, item: Item, what: str) -> Path | None:
+    """The mask/reference for ``item``: one file for all inputs, or a same-named file in a folder."""
+    if ref is None:
+        return None
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        for suffix in IMAGE_SUFFIXES:
+            for candidate in (path / (item.path.stem + suffix), path / (item.path.stem + suffix.upper())):
+                if candidate.is_file():
+                    return candidate
+        raise InputError(f"no {what} for {item.path.name} in folder {path} (expected {item.path.stem}.png or similar)")
+    return path
+
+
+def _planned(items: list[Item], trajectory: bool) -> list[str]:
+    names = []
+    for item in items:
+        names += [f"{item.name}.png", f"{item.name}_compare.png"]
+        if trajectory:
+            names.append(f"{item.name}_trajectory.png")
+    return names + ["run.json"]
+
+
+def _load(item: Item, args: argparse.Namespace) -> None:
+    item.image = read_image(item.path)
+    item.warnings += item.image.warnings
+    mask_path = companion(args.mask, item, "mask")
+    if mask_path is not None:
+        item.mask = read_image(mask_path, kind="mask")
+        check_same_size(item.path, item.image, mask_path, item.mask)
+        item.warnings += item.mask.warnings
+    ref_path = companion(args.reference, item, "reference")
+    if ref_path is not None:
+        item.reference = read_image(ref_path)
+        item.warnings += item.reference.warnings
+
+
+def _observation(batch: list[Item], size: int) -> Observation:
+    images, masks, refs, meta = [], [], [], []
+    for item in batch:
+        img, placement = to_square(item.image.tensor, size)
+        images.append(img)
+        item.info["placement"] = placement.to_dict()
+        if item.mask is not None:
+            masks.append(to_square(item.mask.tensor, size, kind="mask")[0])
+        if item.reference is not None:
+            refs.append(to_square(item.reference.tensor, size)[0])
+        meta.append({"name": item.name, "path": str(item.path)})
+    return Observation(
+        image=torch.stack(images),
+        mask=torch.stack(masks) if masks else None,
+        reference=torch.stack(refs) if refs else None,
+        meta=meta,
+    )
+
+
+def run_command(args: argparse.Namespace, registry: Registry) -> int:
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    if args.trajectory < 0:
+        raise UsageError("--trajectory must be >= 0")
+    paths = expand_inputs(args.inputs)
+    items = [Item(path=p, name=p.stem, seed=derive_seed(args.seed, p.stem)) for p in paths]
+    seen: dict[str, Path] = {}
+    for item in items:
+        if item.name in seen:
+            raise UsageError(f"inputs {seen[item.name]} and {item.path} would both write {item.name}.png; rename one")
+        seen[item.name] = item.path
+
+    overrides = list(args.overrides) + ([f"sampler.steps={args.steps}"] if args.steps is not None else [])
+    draft = load_recipe(args.recipe, registry, overrides)
+    device = pick_device(args.device)
+    prior = load_prior(args.prior or draft.prior.name, registry, device=device, dtype=args.dtype or draft.prior.dtype)
+    recipe = load_recipe(args.recipe, registry, overrides, prior_name=prior.name, prior_kind=prior.kind)
+    needs = _requirements(recipe, registry)
+    if "mask" in needs and args.mask is None:
+        raise UsageError(f"recipe {recipe.source} needs a mask (white = missing): pass --mask FILE or --mask FOLDER")
+    if "reference" in needs and args.reference is None:
+        raise UsageError(f"recipe {recipe.source} needs a reference image: pass --reference FILE or FOLDER")
+
+    outdir = prepare_output_dir(Path(args.output), _planned(items, args.trajectory > 0), args.overwrite)
+
+    for item in items:
+        try:
+            _load(item, args)
+        except InputError as exc:
+            item.status, item.error = "refused", str(exc)
+            print(f"error: {exc}", file=sys.stderr)
+
+    report: dict[str, Any] = {
+        "guidestack": __version__,
+        "recipe_source": recipe.source,
+        "recipe": recipe.resolved(),
+        "prior": prior.describe(),
+        "device": str(device),
+        "seed": args.seed,
+        "inputs": [],
+    }
+    runnable = [item for item in items if item.status == "pending"]
+    progress = Progress(enabled=not args.quiet)
+    for start in range(0, len(runnable), args.batch_size):
+        batch = runnable[start : start + args.batch_size]
+        _run_batch(batch, recipe, prior, registry, device, outdir, args, progress)
+        report["inputs"] = [_item_report(i) for i in items]
+        write_json(report, outdir / "run.json")
+    progress.close()
+    report["inputs"] = [_item_report(i) for i in items]
+    write_json(report, outdir / "run.json")
+
+    failed = [i for i in items if i.status != "done"]
+    done = len(items) - len(failed)
+    print(f"{done} of {len(items)} image(s) restored into {outdir}", file=sys.stderr)
+    if any(i.status == "failed" for i in items):
+        return 1
+    return 2 if failed else 0
+
+
+def _requirements(recipe, registry: Registry) -> set[str]:
+    needs: set[str] = set()
+    for options in recipe.stages:
+        cls = registry.stage(options.use)
+        needs |= set(getattr(cls, "requires", ()))
+        requires_for = getattr(cls, "requires_for", None)
+        if requires_for is not None:
+            needs |= set(requires_for(options))
+    return needs
+
+
+def _run_batch(batch, recipe, prior, registry, device, outdir: Path, args, progress: Progress) -> None:
+    obs = _observation(batch, prior.image_size)
+    frames: list[tuple[int, torch.Tensor]] = []
+    label = batch[0].name if len(batch) == 1 else f"{batch[0].name} (+{len(batch) - 1})"
+    wanted: set[int] = set()
+
+    def callback(event: str, **info: Any) -> None:
+        nonlocal wanted
+        if event == "start":
+            total = int(info["total"])
+            progress.start(label, total)
+            n = min(args.trajectory, total)
+            wanted = {round(k * (total - 1) / max(1, n - 1)) for k in range(n)} if n else set()
+        elif event == "step":
+            progress.advance(info.get("postfix"))
+            state = info.get("state")
+            if state is not None and info["index"] in wanted and state.x0 is not None:
+                frames.append((int(info["t"]), state.x0.detach().float().cpu()))
+        elif event == "iteration":
+            progress.advance(info.get("postfix"))
+
+    started = time.perf_counter()
+    try:
+        result, ctx = run_recipe(recipe, prior, obs, [i.seed for i in batch], registry, device=device, callback=callback)
+    except GuidestackError as exc:
+        for item in batch:
+            item.status, item.error = "failed", str(exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return
+    elapsed = time.perf_counter() - started
+    output = result.image.detach().float().cpu()
+    for k, item in enumerate(batch):
+        save_image(output[k], outdir / f"{item.name}.png")
+        panels = [("input", obs.image[k].cpu())]
+        if obs.mask is not None:
+            panels.append(("mask", obs.mask[k].cpu()))
+        if obs.reference is not None:
+            panels.append(("reference", obs.reference[k].cpu()))
+        panels.append(("output", output[k]))
+        save_pil(compare_grid(panels), outdir / f"{item.name}_compare.png")
+        if args.trajectory:
+            save_pil(trajectory_strip([(t, x0[k]) for t, x0 in frames]), outdir / f"{item.name}_trajectory.png")
+        item.status = "done"
+        item.info.update(
+            {
+                "seconds": elapsed / len(batch),
+                "model_calls": ctx.model_calls,
+                "start_t": ctx.report.get("start_t"),
+                "outputs": [f"{item.name}.png", f"{item.name}_compare.png"] + ([f"{item.name}_trajectory.png"] if args.trajectory else []),
+                "stages": {k2: v for k2, v in ctx.report.items() if k2 not in ("grid", "seeds")},
+            }
+        )
+
+
+def _item_report(item: Item) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": item.name, "path": str(item.path), "seed": item.seed, "status": item.status}
+    if item.error:
+        out["error"] = item.error
+    if item.warnings:
+        out["warnings"] = item.warnings
+    out.update(item.info)
+    return out

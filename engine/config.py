@@ -1,0 +1,80 @@
+"""Validated settings of the recipe's ``[sampler]`` and ``[guidance]`` tables.
+
+They are pydantic models so that a bad value is reported with its path (``sampler.steps``) and
+so the docs, ``guidestack explain`` and any UI can list every field with its type and bounds.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class StrictModel(BaseModel):
+    """Base of every options model: unknown keys are errors, never silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SamplerConfig(StrictModel):
+    """How the reverse process walks the noise schedule."""
+
+    kind: Literal["ddim", "ddpm"] = Field(
+        "ddim", description="ddim: DDIM with eta; ddpm: DDPM ancestral sampling (PGDiff)"
+    )
+    steps: int = Field(50, gt=0, le=10000, description="number of grid points visited")
+    eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM stochasticity (0 = deterministic)")
+    variance: Literal["auto", "fixed_small", "fixed_large", "learned_range"] = Field(
+        "auto",
+        description="DDPM variance; auto = learned_range for learned-variance priors else fixed_small",
+    )
+    spacing: Literal["leading", "trailing", "linspace"] = Field(
+        "leading", description="how DDIM grid points are placed (as diffusers' timestep_spacing)"
+    )
+    start: int | None = Field(
+        None, ge=0, description="ORIGINAL timestep to start from (default: the top of the schedule)"
+    )
+    clip_x0: bool = Field(True, description="clip the x0 prediction to [-1, 1] at every step")
+
+
+class GuidanceConfig(StrictModel):
+    """How summed stage losses become an update of the latent (PGDiff's rules and more)."""
+
+    rule: Literal["mean_shift", "dynamic", "dynamic_channel", "x0"] = Field(
+        "mean_shift",
+        description=(
+            "mean_shift: x_prev = mu - s*Sigma*g + sigma*z; dynamic: x_prev = x' - s*||x_t-x'||/||g||*g"
+            " with whole-image norms; dynamic_channel: the same with per-channel norms;"
+            " x0: x0 -= s*g before the step (DifFace's refinement)"
+        ),
+    )
+    scale: float = Field(0.1, ge=0.0, description="guidance scale s")
+    window: tuple[int, int] = Field(
+        (-1, 1000), description="guidance acts when lo < t <= hi (ORIGINAL timesteps)"
+    )
+    repeats: int = Field(1, ge=1, le=100, description="gradient steps per timestep inside repeat_window")
+    repeat_window: tuple[int, int] = Field(
+        (700, 1000), description="repeats apply when lo < t <= hi (ORIGINAL timesteps)"
+    )
+    renoise: bool = Field(
+        True,
+        description="between repeats, diffuse x_prev back to t with q(x_t | x_prev) before the next repeat",
+    )
+
+    @model_validator(mode="after")
+    def _windows_ordered(self) -> "GuidanceConfig":
+        for name in ("window", "repeat_window"):
+            lo, hi = getattr(self, name)
+            if lo >= hi:
+                raise ValueError(f"{name} must be [lo, hi] with lo < hi, got [{lo}, {hi}]")
+        return self
+
+
+class PriorConfig(StrictModel):
+    """Which prior a recipe runs on by default; ``--prior`` overrides it."""
+
+    name: str = Field("gaussian-faces-64", description="registered name, file/folder path or hub id")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="dtype the denoiser runs in"
+    )

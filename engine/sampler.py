@@ -1,0 +1,227 @@
+"""The one sampler loop.  Every method in the project is a set of stages hooked into it.
+
+Per grid step ``t -> t_prev`` (and per repeat inside the repeat window)::
+
+    update_latent(ctx, state)           # Langevin, annealing...       (stages, recipe order)
+    eps = prior(x_t, t); x0 = ...       # one counted model call
+    guidance_loss(ctx, state) -> L_i    # on a detached x0; g = d sum_i w_i L_i / d x0
+    [rule x0]  x0 -= s * g
+    mean, std  = DDPM posterior | DDIM  # the step rule
+    x' = mean + std * z                 # z from one generator per sample
+    [mean_shift] x_prev = mean - s * Sigma * g + std * z
+    [dynamic]    x_prev = x' - s * ||x_t - x'|| / ||g|| * g
+    project(ctx, state)                 # paste-back, clipping...
+
+Before the loop ``initial_latent`` chooses where to start; around it ``optimise`` may wrap the
+whole loop (SHRED); after it ``finalize`` has the last word.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import schedule as schedules
+from . import steps
+from .config import SamplerConfig
+from .context import InitialLatent, RunContext, StepState
+from .errors import NonFiniteError
+from .guidance import dynamic_update, loss_gradient, mean_shift
+from .loop_api import RunResult
+from .stageset import StageSet
+
+
+def grid_for(sampler: SamplerConfig, num_train_timesteps: int, start: int | None = None) -> list[int]:
+    """The ORIGINAL timesteps a sampler configuration visits, from ``start`` (default: the
+    configured start, else the top of the schedule) down to the last grid point.
+
+    DDIM uses diffusers' spacings; DDPM uses guided-diffusion's respacing (PGDiff, DifFace).
+    The first model call is at exactly ``start``.
+    """
+    start = sampler.start if start is None else start
+    if sampler.kind == "ddim":
+        return schedules.ddim_timesteps(sampler.steps, num_train_timesteps, start=start, spacing=sampler.spacing)
+    grid = schedules.respaced_timesteps(sampler.steps, num_train_timesteps)
+    if start is None:
+        return grid
+    below = [t for t in grid if t < start]
+    return [start, *below]
+
+
+class Loop:
+    """The reverse process of one run; also the :class:`LoopHandle` given to ``optimise``."""
+
+    def __init__(self, ctx: RunContext, stages: StageSet):
+        self.ctx = ctx
+        self.stages = stages
+
+    # --- LoopHandle ---------------------------------------------------------------------
+
+    def sample(self, initial: InitialLatent | None = None) -> torch.Tensor:
+        """Run from ``initial`` (default: ``initial_latent`` hooks, else noise) to x0."""
+        ctx = self.ctx
+        if initial is None:
+            initial = self.stages.first("initial_latent", ctx=ctx)
+        if initial is None:
+            top = ctx.timesteps[0]
+            initial = InitialLatent(ctx.randn(), top)
+        grid = self.grid_from(initial.t)
+        ctx.report.setdefault("start_t", initial.t)
+        ctx.report["grid"] = grid
+        x = initial.x.to(device=ctx.device, dtype=ctx.dtype)
+        ctx.emit("start", total=len(grid), t=initial.t)
+        for index, t in enumerate(grid):
+            t_prev = grid[index + 1] if index + 1 < len(grid) else -1
+            repeats = self._repeats(t)
+            for repeat in range(repeats):
+                state = StepState(t=t, t_prev=t_prev, index=index, x_t=x, repeat=repeat)
+                x = self.step(state)
+                if repeat + 1 < repeats:
+                    x = self._renoise(x, t_prev, t)
+            ctx.emit("step", index=index, total=len(grid), t=t, state=state)
+        return x
+
+    def guidance_loss(self, x0: torch.Tensor, t: int) -> torch.Tensor | None:
+        """Weighted sum of the stages' guidance losses on ``x0`` at ``t``, graph kept."""
+        state = StepState(t=t, t_prev=-1, index=-1, x_t=x0, x0=x0)
+        return self._total_loss(state)
+
+    # --- internals ----------------------------------------------------------------------
+
+    def grid_from(self, t_start: int) -> list[int]:
+        """The visited ORIGINAL timesteps from ``t_start`` down; keeps the recipe's spacing."""
+        grid = self.ctx.timesteps
+        if t_start in grid:
+            return grid[grid.index(t_start) :]
+        return grid_for(self.ctx.sampler, self.ctx.prior.num_train_timesteps, start=t_start)
+
+    def _repeats(self, t: int) -> int:
+        g = self.ctx.guidance
+        if g.repeats > 1 and self.stages.has("guidance_loss") and schedules.window_contains(g.repeat_window, t):
+            return g.repeats
+        return 1
+
+    def _renoise(self, x_prev: torch.Tensor, t_prev: int, t: int) -> torch.Tensor:
+        """Sample q(x_t | x_prev): go back up one grid step so the next repeat redoes ``t``."""
+        ctx = self.ctx
+        ratio = ctx.abar(t) / ctx.abar(t_prev)
+        return math.sqrt(ratio) * x_prev + math.sqrt(1.0 - ratio) * ctx.randn_like(x_prev)
+
+    def _total_loss(self, state: StepState) -> torch.Tensor | None:
+        total = None
+        for stage, loss in self.stages.call(
+            "guidance_loss", ctx=self.ctx, state=state, step=state.index, t=state.t
+        ):
+            if loss is None or not stage.active(state.t):
+                continue
+            if loss.dim() != 1 or loss.shape[0] != state.x0.shape[0]:
+                raise NonFiniteError(
+                    f"stage '{stage.id}' returned a loss of shape {tuple(loss.shape)}; "
+                    f"guidance losses must be per sample, shape [{state.x0.shape[0]}]"
+                )
+            state.losses[stage.id] = loss.detach()
+            weighted = stage.weight * loss
+            total = weighted if total is None else total + weighted
+        return total
+
+    def _guidance_gradient(self, state: StepState) -> torch.Tensor | None:
+        ctx = self.ctx
+        g = ctx.guidance
+        if g.scale == 0 or not self.stages.has("guidance_loss"):
+            return None
+        if not schedules.window_contains(g.window, state.t):
+            return None
+        x0 = state.x0
+        state.x0 = x0.detach().requires_grad_(True)
+        try:
+            with torch.enable_grad():
+                total = self._total_loss(state)
+                grad = None if total is None else loss_gradient(total, state.x0)
+        finally:
+            state.x0 = x0
+        return grad
+
+    def step(self, state: StepState) -> torch.Tensor:
+        """One reverse step from ``state.x_t``; returns ``x_prev`` after projections."""
+        ctx = self.ctx
+        kw = {"step": state.index, "t": state.t}
+        for _ in self.stages.call("update_latent", ctx=ctx, state=state, **kw):
+            pass
+        abar_t, abar_prev = ctx.abar(state.t), ctx.abar(state.t_prev)
+        with torch.no_grad():
+            state.output = ctx.denoise(state.x_t, state.t)
+        state.eps = state.output.eps.to(ctx.dtype)
+        state.x0 = steps.predict_x0(state.x_t, state.eps, abar_t, clip=ctx.sampler.clip_x0)
+
+        grad = self._guidance_gradient(state)
+        state.grad = grad
+        scale = ctx.guidance.scale
+        rule = ctx.guidance.rule
+        if grad is not None and rule == "x0":
+            state.x0 = state.x0 - scale * grad
+
+        self._moments(state, abar_t, abar_prev)
+        last = state.t_prev < 0
+        if not last and bool((state.std > 0).any()):
+            state.noise = ctx.randn_like(state.x_t)
+            x_prime = state.mean + state.std * state.noise
+        else:
+            x_prime = state.mean
+        if grad is None or rule == "x0":
+            state.x_prev = x_prime
+        elif rule == "mean_shift":
+            noise_part = x_prime - state.mean
+            state.x_prev = mean_shift(state.mean, state.variance, grad, scale) + noise_part
+        else:
+            state.x_prev = dynamic_update(
+                state.x_t, x_prime, grad, scale, per_channel=rule == "dynamic_channel"
+            )
+        for _ in self.stages.call("project", ctx=ctx, state=state, **kw):
+            pass
+        if not torch.isfinite(state.x_prev).all():
+            raise NonFiniteError(f"the latent became NaN or infinite at step {state.index} (t={state.t})")
+        return state.x_prev
+
+    def _moments(self, state: StepState, abar_t: float, abar_prev: float) -> None:
+        """Fill ``state.mean``, ``state.std`` and ``state.variance`` from the step rule."""
+        ctx = self.ctx
+        cfg = ctx.sampler
+        if cfg.kind == "ddpm":
+            kind = cfg.variance
+            if kind == "auto":
+                kind = "learned_range" if ctx.prior.learned_variance else "fixed_small"
+            values = state.output.variance_values if kind == "learned_range" else None
+            if kind == "learned_range" and values is None:
+                raise NonFiniteError("variance 'learned_range' needs a prior with learned variance")
+            mean, variance = steps.ddpm_mean_variance(
+                state.x0, state.x_t, abar_t, abar_prev, kind=kind, variance_values=values
+            )
+            state.mean, state.variance = mean, variance
+            state.std = variance.sqrt()
+        else:
+            eps = steps.eps_from_x0(state.x_t, state.x0, abar_t)
+            mean, std = steps.ddim_mean_std(state.x0, eps, abar_t, abar_prev, cfg.eta)
+            state.mean, state.std = mean, std
+            state.variance = std * std
+
+
+def run_stages(ctx: RunContext, stages: StageSet) -> RunResult:
+    """Set up the stages, run ``optimise`` or the loop, then ``finalize``."""
+    for stage in stages.stages:
+        try:
+            stage.setup(ctx)
+        except Exception as exc:
+            from .errors import GuidestackError, StageError
+
+            if isinstance(exc, GuidestackError):
+                raise
+            raise StageError(stage.id, "setup", None, None, exc) from exc
+    loop = Loop(ctx, stages)
+    image = stages.first("optimise", ctx=ctx, loop=loop)
+    if image is None:
+        image = loop.sample()
+    result = RunResult(image=image.clamp(-1.0, 1.0))
+    for _ in stages.call("finalize", ctx=ctx, result=result):
+        pass
+    return result

@@ -1,0 +1,83 @@
+"""The built-in plugin: registers everything guidestack ships, exactly as a third-party
+plugin would (through the ``register`` hook), so the built-ins prove the plugin API."""
+
+from __future__ import annotations
+
+import os
+from importlib.resources import files
+from pathlib import Path
+
+from guidestack.engine.hookspecs import hookimpl
+from guidestack.engine.registry import Registry
+
+import importlib
+
+from .restorers.classical import CLASSICAL_RESTORERS
+
+#: modules with a ``contribute(registry)`` function, one per method family; each adds its stages,
+#: restorers or degradations.  Order only matters for listings.
+FAMILIES = (
+    "guidestack.plugins.stages.pgdiff",
+)
+
+
+def _load_shipped_gaussian(name: str):
+    def factory(device="cpu", dtype="float32"):
+        from .priors.gaussian import GaussianPrior, shipped_prior_path
+
+        return GaussianPrior.load(shipped_prior_path(name), device=device)
+
+    return factory
+
+
+def _claims_gaussian_file(ref: str) -> bool:
+    return ref.endswith(".pt")
+
+
+def _load_gaussian_file(ref: str, device="cpu", dtype="float32"):
+    from guidestack.engine.errors import PriorUnavailable
+
+    from .priors.gaussian import GaussianPrior
+
+    path = Path(ref).expanduser()
+    if not path.is_file():
+        raise PriorUnavailable(f"prior file {path} does not exist")
+    return GaussianPrior.load(path, device=device)
+
+
+def _claims_diffusers(ref: str) -> bool:
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return True
+    parts = ref.split("/")
+    looks_like_hub_id = len(parts) == 2 and all(parts) and not ref.startswith((".", "~", os.sep))
+    return looks_like_hub_id or ref.startswith((".", "~", os.sep))
+
+
+def _load_diffusers(ref: str, device="cpu", dtype="float32"):
+    from .priors.diffusers_prior import load_diffusers_prior
+
+    return load_diffusers_prior(ref, device=device, dtype=dtype)
+
+
+@hookimpl
+def register(registry: Registry) -> None:
+    registry.add_prior(
+        "gaussian-faces-64",
+        _load_shipped_gaussian("gaussian-faces-64"),
+        "closed-form probabilistic-PCA face prior, 64x64 RGB, runs offline in seconds (docs/prior.md)",
+    )
+    registry.add_prior_backend(
+        "gaussian-file", _claims_gaussian_file, _load_gaussian_file, "a Gaussian prior file (.pt) made by `guidestack prior fit`"
+    )
+    registry.add_prior_backend(
+        "diffusers",
+        _claims_diffusers,
+        _load_diffusers,
+        "a diffusers UNet2DModel from a local folder or a hub id (e.g. google/ddpm-ema-celebahq-256)",
+    )
+    for restorer in CLASSICAL_RESTORERS:
+        registry.add_restorer(restorer)
+    for module in FAMILIES:
+        importlib.import_module(module).contribute(registry)
+    registry.add_recipes(files("guidestack.recipes"))

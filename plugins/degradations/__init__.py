@@ -1,0 +1,1 @@
+"""Degradation operators: forward models H for SHRED and synthetic damage for benchmarks."""

@@ -1,0 +1,1 @@
+"""Faces in the wild: detection, alignment to the prior's template, paste-back."""

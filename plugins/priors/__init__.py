@@ -1,0 +1,1 @@
+"""Prior backends: the closed-form Gaussian face prior and diffusers UNets."""

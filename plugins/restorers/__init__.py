@@ -1,0 +1,1 @@
+"""Built-in restorers: classical (kornia) and learned (torch modules)."""

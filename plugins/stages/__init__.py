@@ -1,0 +1,1 @@
+"""Built-in guidance, initial-latent, latent-update, projection and optimisation stages."""

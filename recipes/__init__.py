@@ -1,0 +1,1 @@
+"""Built-in recipes (TOML), read with importlib.resources."""

@@ -1,0 +1,5 @@
+"""``python -m guidestack`` runs the CLI."""
+
+from guidestack.engine.cli import main
+
+raise SystemExit(main())
