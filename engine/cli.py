@@ -188,11 +188,6 @@ def _prior_fit(args: argparse.Namespace) -> int:
 
     from guidestack.plugins.priors.fit import fit_command
 
-    from .errors import OutputError
-
-    out = Path(args.output)
-    if out.exists() and not args.overwrite:
-        raise OutputError(f"{out} already exists; pass --overwrite to replace it")
-    report = fit_command(args.folder, out, args.size, args.components, not args.no_flips)
+    report = fit_command(args.folder, Path(args.output), args.size, args.components, not args.no_flips, overwrite=args.overwrite)
     print(json.dumps(report, indent=2, default=str))
     return 0

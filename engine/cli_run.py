@@ -66,18 +66,18 @@ def pick_device(name: str | None) -> torch.device:
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files stay as given; folders expand to their images (sorted).  Missing paths are kept so
-    they are reported as failed inputs rather than silently dropped."""
+    """Files stay as given; folders expand to their images (sorted).  Missing paths and folders
+    without images are kept so they are reported as refused inputs, never silently dropped."""
     paths: list[Path] = []
     for text in inputs:
         path = Path(text).expanduser()
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if not found:
-                raise UsageError(f"folder {path} has no images ({', '.join(IMAGE_SUFFIXES)})")
-            paths.extend(found)
-        else:
-            paths.append(path)
+        found = (
+            sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if path.is_dir()
+            else []
+        )
+        # a folder without images stays an input, so it is refused by name like any bad file
+        paths.extend(found or [path])
     return paths
 
 

@@ -58,8 +58,11 @@ class GuidanceConfig(StrictModel):
         (700, 1000), description="repeats apply when lo < t <= hi (ORIGINAL timesteps)"
     )
     renoise: bool = Field(
-        True,
-        description="between repeats, diffuse x_prev back to t with q(x_t | x_prev) before the next repeat",
+        False,
+        description=(
+            "between repeats, diffuse x_prev back to t with q(x_t | x_prev); false (PGDiff's official"
+            " code) feeds x_prev back as the next repeat's x_t at the same t"
+        ),
     )
 
     @model_validator(mode="after")

@@ -26,7 +26,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .registry import Registry
 
 PROJECT = "guidestack"
-HOOK_API_VERSION = 1
+#: 2 added ``transform_x0``
+HOOK_API_VERSION = 2
 
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
@@ -66,6 +67,16 @@ def update_latent(ctx: RunContext, state: StepState) -> None:
 
 
 @hookspec
+def transform_x0(ctx: RunContext, state: StepState) -> None:
+    """Change the x0 prediction right after the denoiser call, before guidance and the step rule:
+    assign ``state.x0`` (dynamic thresholding, custom clamps).
+
+    It runs after the sampler's own ``clip_x0`` (turn that off for thresholds above 1).  The step
+    rule uses the result: DDIM re-derives its direction ``eps = (x_t - sqrt(abar) x0) / sqrt(1 -
+    abar)`` from it, DDPM builds its posterior mean on it; ``state.eps`` keeps the raw output."""
+
+
+@hookspec
 def guidance_loss(ctx: RunContext, state: StepState) -> torch.Tensor | None:
     """Per-step guidance: return a per-sample loss ``[N]`` computed from ``state.x0``.
 
@@ -95,6 +106,14 @@ def finalize(ctx: RunContext, result: RunResult) -> None:
     """Last word on the output: change ``result.image`` (e.g. paste known pixels back)."""
 
 
-RUN_HOOKS = ("initial_latent", "update_latent", "guidance_loss", "project", "optimise", "finalize")
+RUN_HOOKS = (
+    "initial_latent",
+    "update_latent",
+    "transform_x0",
+    "guidance_loss",
+    "project",
+    "optimise",
+    "finalize",
+)
 #: hooks at most one stage of a recipe may implement
 EXCLUSIVE_HOOKS = ("initial_latent", "optimise")

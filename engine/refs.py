@@ -56,3 +56,37 @@ class RestorerRef(PluginRef):
     """A reference to a registered restorer."""
 
     kind: ClassVar[str] = "restorer"
+
+
+class DegradationRef(PluginRef):
+    """A reference to a registered degradation operator (SHRED's forward model H).
+
+    Degradations nest (``compose`` takes ``ops = [{use = ...}, ...]``), so checking recurses into
+    every reference inside the referenced operator's options, reporting paths such as
+    ``stage[0].operator.ops[1].factor``.  :meth:`build` hands the registry to the operator so a
+    composition can build its parts.
+    """
+
+    kind: ClassVar[str] = "degradation"
+
+    def check(self, where: str, registry: Registry) -> list[tuple[str, str]]:
+        problems = super().check(where, registry)
+        entry = registry.get(self.kind, self.use)
+        if problems or entry is None or entry.options is None:
+            return problems
+        options = entry.options.model_validate(self.options_dict())
+        for name in type(options).model_fields:
+            value = getattr(options, name)
+            if isinstance(value, PluginRef):
+                problems += value.check(f"{where}.{name}", registry)
+            elif isinstance(value, (list, tuple)):
+                for i, item in enumerate(value):
+                    if isinstance(item, PluginRef):
+                        problems += item.check(f"{where}.{name}[{i}]", registry)
+        return problems
+
+    def build(self, registry: Registry) -> Any:
+        entry = registry.get(self.kind, self.use)
+        if entry is None:  # validated earlier; guard for programmatic use
+            raise KeyError(f"unknown {self.kind} '{self.use}'")
+        return entry.obj(entry.options.model_validate(self.options_dict()), registry=registry)

@@ -149,7 +149,7 @@ def load_registry(blocked: set[str] | None = None, entry_points: bool = True) ->
                     f"plugin '{ep.name}' ({ep.value}) failed to import: {type(exc).__name__}: {exc}. "
                     f"Reinstall it, or block it with {BLOCK_ENV}={ep.name}."
                 ) from exc
-            _check_api_version(ep.name, module)
+            check_api_version(ep.name, module)
             modules.append((ep.name, module))
     for name, module in modules:
         try:
@@ -167,12 +167,25 @@ def load_registry(blocked: set[str] | None = None, entry_points: bool = True) ->
     return registry
 
 
-def _check_api_version(name: str, module: Any) -> None:
-    wanted = getattr(module, "HOOK_API_VERSION", hookspecs.HOOK_API_VERSION)
+def check_api_version(name: str, module: Any) -> None:
+    """Refuse a plugin built for a newer hook API than this guidestack provides.
+
+    A plugin module declares the API it was written against as ``hook_api_version = N``
+    (:data:`.hookspecs.HOOK_API_VERSION` when it was built); without one the current API is assumed.
+    """
+    wanted = getattr(module, "hook_api_version", hookspecs.HOOK_API_VERSION)
+    where = getattr(module, "__name__", repr(module))
+    if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 1:
+        raise PluginError(
+            f"plugin '{name}' ({where}) declares hook_api_version = {wanted!r}; it must be a "
+            f"positive integer (this guidestack provides {hookspecs.HOOK_API_VERSION}). Fix the "
+            f"plugin, or block it with {BLOCK_ENV}={name}."
+        )
     if wanted > hookspecs.HOOK_API_VERSION:
         raise PluginError(
-            f"plugin '{name}' needs guidestack hook API version {wanted}, but this guidestack "
-            f"provides {hookspecs.HOOK_API_VERSION}. Upgrade guidestack, or block the plugin with "
+            f"plugin '{name}' ({where}) was built for guidestack hook API version {wanted}, but "
+            f"this guidestack provides hook API version {hookspecs.HOOK_API_VERSION}. Upgrade "
+            f"guidestack, install an older release of the plugin, or block it with "
             f"{BLOCK_ENV}={name}."
         )
 

@@ -4,6 +4,7 @@ Per grid step ``t -> t_prev`` (and per repeat inside the repeat window)::
 
     update_latent(ctx, state)           # Langevin, annealing...       (stages, recipe order)
     eps = prior(x_t, t); x0 = ...       # one counted model call
+    transform_x0(ctx, state)            # dynamic thresholding...      (stages, recipe order)
     guidance_loss(ctx, state) -> L_i    # on a detached x0; g = d sum_i w_i L_i / d x0
     [rule x0]  x0 -= s * g
     mean, std  = DDPM posterior | DDIM  # the step rule
@@ -55,6 +56,7 @@ class Loop:
     def __init__(self, ctx: RunContext, stages: StageSet):
         self.ctx = ctx
         self.stages = stages
+        self.grid: list[int] = list(ctx.timesteps)
 
     # --- LoopHandle ---------------------------------------------------------------------
 
@@ -66,7 +68,7 @@ class Loop:
         if initial is None:
             top = ctx.timesteps[0]
             initial = InitialLatent(ctx.randn(), top)
-        grid = self.grid_from(initial.t)
+        grid = self.grid = self.grid_from(initial.t)
         ctx.report.setdefault("start_t", initial.t)
         ctx.report["grid"] = grid
         x = initial.x.to(device=ctx.device, dtype=ctx.dtype)
@@ -77,7 +79,7 @@ class Loop:
             for repeat in range(repeats):
                 state = StepState(t=t, t_prev=t_prev, index=index, x_t=x, repeat=repeat)
                 x = self.step(state)
-                if repeat + 1 < repeats:
+                if repeat + 1 < repeats and ctx.guidance.renoise:
                     x = self._renoise(x, t_prev, t)
             ctx.emit("step", index=index, total=len(grid), t=t, state=state)
         return x
@@ -153,6 +155,8 @@ class Loop:
             state.output = ctx.denoise(state.x_t, state.t)
         state.eps = state.output.eps.to(ctx.dtype)
         state.x0 = steps.predict_x0(state.x_t, state.eps, abar_t, clip=ctx.sampler.clip_x0)
+        for _ in self.stages.call("transform_x0", ctx=ctx, state=state, **kw):
+            pass
 
         grad = self._guidance_gradient(state)
         state.grad = grad
@@ -194,8 +198,12 @@ class Loop:
             values = state.output.variance_values if kind == "learned_range" else None
             if kind == "learned_range" and values is None:
                 raise NonFiniteError("variance 'learned_range' needs a prior with learned variance")
+            # guided-diffusion clips the last step's log variance with the step above it
+            above = None
+            if state.t_prev < 0 and state.index > 0:
+                above = ctx.abar(self.grid[state.index - 1])
             mean, variance = steps.ddpm_mean_variance(
-                state.x0, state.x_t, abar_t, abar_prev, kind=kind, variance_values=values
+                state.x0, state.x_t, abar_t, abar_prev, kind=kind, variance_values=values, abar_above=above
             )
             state.mean, state.variance = mean, variance
             state.std = variance.sqrt()

@@ -40,7 +40,9 @@ def _scalar(value: Scalar, like: torch.Tensor | None = None) -> torch.Tensor:
         out = value.to(device=device, dtype=dtype)
     else:  # never through the default dtype: a python float must keep its 53 bits
         out = torch.tensor(value, device=device, dtype=dtype)
-    if like is not None and out.ndim == 1 and like.ndim > 1 and out.shape[0] == like.shape[0]:
+    if like is not None and out.ndim == 1 and like.ndim > 1 and out.shape[0] != 1:
+        if out.shape[0] != like.shape[0]:
+            raise ValueError(f"{out.shape[0]} per-sample values for a batch of {like.shape[0]}")
         out = out.view(-1, *([1] * (like.ndim - 1)))
     return out
 
@@ -49,7 +51,7 @@ def _cast(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return coef.to(dtype=like.dtype)
 
 
-def clip_x0(x0: torch.Tensor, clip: bool | float | None) -> torch.Tensor:
+def clamp_x0(x0: torch.Tensor, clip: bool | float | None) -> torch.Tensor:
     """Clamp to ``[-c, c]``: ``True`` means ``c = 1``, ``False``/``None`` no clamp."""
     if clip is None or clip is False:
         return x0
@@ -70,7 +72,7 @@ def predict_x0(
     """
     a = _scalar(abar_t, x_t)
     x0 = (x_t - _cast((1 - a).sqrt(), x_t) * eps) / _cast(a.sqrt(), x_t)
-    return clip_x0(x0, clip)
+    return clamp_x0(x0, clip)
 
 
 def eps_from_x0(x_t: torch.Tensor, x0: torch.Tensor, abar_t: Scalar) -> torch.Tensor:

@@ -18,6 +18,9 @@ from .restorers.classical import CLASSICAL_RESTORERS
 #: restorers or degradations.  Order only matters for listings.
 FAMILIES = (
     "guidestack.plugins.stages.pgdiff",
+    "guidestack.plugins.stages.difface",
+    "guidestack.plugins.stages.shred",
+    "guidestack.plugins.degradations.operators",
 )
 
 

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
 from guidestack.engine.errors import InputError, OutputError, PriorUnavailable, UsageError
 from guidestack.engine.prior import linear_alphas_cumprod
 from guidestack.plugins.priors.fit import (
@@ -24,7 +26,6 @@ from guidestack.plugins.priors.gaussian import (
     load_shipped_prior,
     shipped_prior_path,
 )
-from PIL import Image
 
 C, S, K = 3, 4, 5
 D = C * S * S
@@ -90,7 +91,10 @@ def test_scalar_timestep_broadcasts_and_bad_timesteps_fail():
 
 @pytest.mark.parametrize(
     ("prior", "channels", "size"),
-    [(lambda: tiny_prior(torch.float32, channels=3, size=5, k=4), 3, 5), (load_shipped_prior, 3, 64)],
+    [
+        (lambda: tiny_prior(torch.float32, channels=3, size=5, k=4), 3, 5),
+        (load_shipped_prior, 3, 64),
+    ],
     ids=["odd-d-75", "shipped-64"],
 )
 def test_forward_is_bitwise_batch_invariant(prior, channels, size):
@@ -164,7 +168,7 @@ def test_posterior_mean_matches_dense_conditional(sigma_y, mask_channels):
         expected = p.mean + c_ok @ torch.linalg.solve(c_oo, resid)
         assert (got[i].reshape(-1) - expected).abs().max() < 1e-10
     if sigma_y == 0:  # exactly observed pixels are kept
-        known_px = (mask.expand(3, C, S, S) < 0.5)
+        known_px = mask.expand(3, C, S, S) < 0.5
         assert torch.allclose(got[known_px], y[known_px], atol=1e-12)
 
 
@@ -246,7 +250,9 @@ def _dense_ppca(x: torch.Tensor, k: int):
 @pytest.mark.parametrize("n", [20, 100], ids=["n<d", "n>d"])
 def test_fit_equals_dense_tipping_bishop(n):
     g = torch.Generator().manual_seed(n)
-    x = (0.4 * torch.randn(n, C, S, S, generator=g) * torch.linspace(0.2, 1, D).view(C, S, S)).tanh()
+    x = (
+        0.4 * torch.randn(n, C, S, S, generator=g) * torch.linspace(0.2, 1, D).view(C, S, S)
+    ).tanh()
     p = fit_gaussian_prior(x, 4, flips=False, dtype=torch.float64)
     mean, lam, s2, basis = _dense_ppca(x, 4)
     assert (p.mean - mean).abs().max() < 1e-12
@@ -328,7 +334,9 @@ def test_fit_from_folder_end_to_end(tmp_path):
     assert [f["file"].endswith("copy.png") for f in report["duplicates"]] == [True]
     assert [s["file"].endswith("broken.png") for s in report["skipped"]] == [True]
     assert prior.image_size == 8 and prior.channels == 3
-    expected = (torch.tensor(colors + [(128, 128, 128), (255, 255, 0)]).double().mean(0)) / 127.5 - 1
+    expected = (
+        torch.tensor(colors + [(128, 128, 128), (255, 255, 0)]).double().mean(0)
+    ) / 127.5 - 1
     got = prior.mean.view(3, -1).double().mean(1)
     assert torch.allclose(got, expected, atol=1.5 / 127.5)  # the JPEG may be off by one level
 
@@ -417,6 +425,7 @@ def test_refit_reproduces_the_shipped_prior(tmp_path):
     shipped = load_shipped_prior()
     assert (fresh.mean - shipped.mean).abs().max() < 1e-5
     assert abs(float(fresh.s2) - float(shipped.s2)) < 1e-7
-    proj_fresh = fresh.components.double() @ fresh.components.double().T
-    proj_shipped = shipped.components.double() @ shipped.components.double().T
-    assert (proj_fresh - proj_shipped).abs().max() < 1e-4
+    # same subspace: every principal angle is ~0 (cosines ~1); no d x d projector needed
+    cosines = torch.linalg.svdvals(fresh.components.double().T @ shipped.components.double())
+    assert cosines.min() > 1 - 1e-6
+    assert torch.allclose(fresh.lam, shipped.lam, rtol=1e-5)

@@ -20,7 +20,9 @@ from guidestack.engine.schedule import (
 STEP_COUNTS = [1, 2, 3, 6, 7, 10, 25, 50, 100, 250, 333, 999, 1000]
 
 
-def _diffusers(n: int, spacing: str, T: int = 1000, offset: int = 0, cls=DDIMScheduler) -> list[int]:
+def _diffusers(
+    n: int, spacing: str, T: int = 1000, offset: int = 0, cls=DDIMScheduler
+) -> list[int]:
     sched = cls(num_train_timesteps=T, timestep_spacing=spacing, steps_offset=offset)
     sched.set_timesteps(n)
     return [int(t) for t in sched.timesteps]
@@ -115,7 +117,23 @@ def test_respacing_known_results():
     grid = respaced_timesteps([10, 15, 20], 300)[::-1]
     assert grid[:10] == list(range(0, 100, 11))
     # section 2: stride 99/14; k=7 is the tie 49.5, the accumulated float sum lands just below
-    assert grid[10:25] == [100, 107, 114, 121, 128, 135, 142, 149, 157, 164, 171, 178, 185, 192, 199]
+    assert grid[10:25] == [
+        100,
+        107,
+        114,
+        121,
+        128,
+        135,
+        142,
+        149,
+        157,
+        164,
+        171,
+        178,
+        185,
+        192,
+        199,
+    ]
     assert grid[25:29] == [200, 205, 210, 216] and grid[-1] == 299 and len(grid) == 45
     assert respaced_timesteps("10,15,20", 300) == respaced_timesteps([10, 15, 20], 300)
     assert respaced_timesteps("") == list(range(999, -1, -1))
@@ -171,7 +189,10 @@ def test_window_is_half_open():
     assert window_contains((0.7 * 1000, 1000.0), 999)
     assert not window_contains((0, 999), 0) and window_contains((0, 999), 999)
     assert window_contains(None, 3)
-    assert sum(window_contains((0, 500), t) + window_contains((500, 1000), t) for t in range(1000)) == 999
+    assert (
+        sum(window_contains((0, 500), t) + window_contains((500, 1000), t) for t in range(1000))
+        == 999
+    )
     with pytest.raises(UsageError):
         window_contains((10, 5), 7)
 

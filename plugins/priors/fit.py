@@ -246,8 +246,11 @@ def write_prior(prior: GaussianPrior, output: str | Path, *, overwrite: bool = F
     half a file and an interrupted fit leaves any previous file intact."""
     output = Path(output)
     _check_output(output, overwrite)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
+    except OSError as exc:
+        raise OutputError(f"cannot write {output}: {exc.strerror or exc}") from exc
     os.close(handle)
     try:
         os.chmod(temp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
@@ -282,7 +285,9 @@ def shipped_prior_files(data_dir: str | Path) -> list[Path]:
     data_dir = Path(data_dir)
     hq = sorted((data_dir / "faces" / "hq").glob("*.png"))
     refs = sorted(
-        p for p in (data_dir / "faces" / "identity").glob("ref_*.png") if not p.name.startswith("ref_lq_")
+        p
+        for p in (data_dir / "faces" / "identity").glob("ref_*.png")
+        if not p.name.startswith("ref_lq_")
     )
     return hq + refs
 

@@ -268,7 +268,11 @@ class GaussianPrior(Prior):
             missing = torch.zeros(n, 1, self.image_size, self.image_size, device=y.device)
         else:
             missing = mask
-        if missing.dim() != 4 or missing.shape[0] != n or missing.shape[1] not in (1, self.channels):
+        if (
+            missing.dim() != 4
+            or missing.shape[0] != n
+            or missing.shape[1] not in (1, self.channels)
+        ):
             raise ValueError(
                 f"mask must be [N, 1 or {self.channels}, S, S] for a batch of {n}, got "
                 f"{tuple(missing.shape)}"
@@ -301,11 +305,15 @@ class GaussianPrior(Prior):
             raise ValueError(f"operator must be [M, {self.dim}], got {tuple(operator.shape)}")
         y2 = y.reshape(y.shape[0], -1)
         if y2.shape[1] != a_mat.shape[0]:
-            raise ValueError(f"y has {y2.shape[1]} values per sample, operator gives {a_mat.shape[0]}")
+            raise ValueError(
+                f"y has {y2.shape[1]} values per sample, operator gives {a_mat.shape[0]}"
+            )
         v = self._scaled_components()
         av = a_mat @ v
         cov_y = av @ av.T + float(self.s2) * (a_mat @ a_mat.T)
-        cov_y = cov_y + float(noise_var) * torch.eye(a_mat.shape[0], dtype=dtype, device=cov_y.device)
+        cov_y = cov_y + float(noise_var) * torch.eye(
+            a_mat.shape[0], dtype=dtype, device=cov_y.device
+        )
         predicted = a_mat @ self.mean
         out = []
         for i in range(y2.shape[0]):
