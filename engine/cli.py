@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--components", type=int, default=32)
     fit.add_argument("--no-flips", action="store_true", help="do not add horizontally flipped copies")
     fit.add_argument("--overwrite", action="store_true")
+    from .cli_plugins import add_plugin_commands
+
+    add_plugin_commands(sub)
     return parser
 
 
@@ -104,6 +107,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _validate(args, default_registry())
     if args.command == "prior" and args.prior_command == "fit":
         return _prior_fit(args)
+    if args.command in ("explain", "new-plugin"):
+        from .cli_plugins import run_plugin_command
+
+        return run_plugin_command(args, default_registry)
     raise UsageError(f"unknown command {args.command}")
 
 
@@ -124,9 +131,12 @@ def _recipes(args: argparse.Namespace, registry) -> int:
 
 
 def plugins_listing(registry) -> list[dict[str, Any]]:
+    from .cli_plugins import plugin_api_version
+
     out = []
     for plugin, info in sorted(registry.plugins.items()):
         entry: dict[str, Any] = {"name": plugin, "module": info.get("module"), "version": info.get("version")}
+        entry["hook_api_version"] = plugin_api_version(info.get("module"))
         for kind in ("stage", "prior", "prior_backend", "restorer", "degradation"):
             names = info.get(kind, [])
             entry[kind + "s"] = [
@@ -143,14 +153,9 @@ def plugins_listing(registry) -> list[dict[str, Any]]:
 
 
 def _options_schema(model) -> dict[str, Any]:
-    if model is None:
-        return {}
-    fields = {}
-    for name, f in model.model_fields.items():
-        if name in ("use", "id"):
-            continue
-        fields[name] = {"type": str(f.annotation).replace("typing.", ""), "default": None if f.is_required() else repr(f.get_default(call_default_factory=True)), "description": f.description or ""}
-    return fields
+    from .cli_plugins import options_schema
+
+    return options_schema(model)
 
 
 def _plugins(args: argparse.Namespace, registry) -> int:

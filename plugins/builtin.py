@@ -13,6 +13,7 @@ from guidestack.engine.registry import Registry
 import importlib
 
 from .restorers.classical import CLASSICAL_RESTORERS
+from .restorers.torch_module import TorchModuleRestorer
 
 #: modules with a ``contribute(registry)`` function, one per method family; each adds its stages,
 #: restorers or degradations.  Order only matters for listings.
@@ -21,6 +22,8 @@ FAMILIES = (
     "guidestack.plugins.stages.difface",
     "guidestack.plugins.stages.shred",
     "guidestack.plugins.degradations.operators",
+    "guidestack.plugins.stages.odedit",
+    "guidestack.plugins.stages.projections",
 )
 
 
@@ -79,7 +82,7 @@ def register(registry: Registry) -> None:
         _load_diffusers,
         "a diffusers UNet2DModel from a local folder or a hub id (e.g. google/ddpm-ema-celebahq-256)",
     )
-    for restorer in CLASSICAL_RESTORERS:
+    for restorer in (*CLASSICAL_RESTORERS, TorchModuleRestorer):
         registry.add_restorer(restorer)
     for module in FAMILIES:
         importlib.import_module(module).contribute(registry)

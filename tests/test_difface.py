@@ -11,10 +11,10 @@ from conftest import EXAMPLES
 
 from guidestack.engine.context import Observation
 from guidestack.engine.errors import InputError, RecipeError
-from guidestack.engine.imageio import read_image, to_square
 from guidestack.engine.recipe import load_recipe, validate
 from guidestack.engine.run import run_recipe
-from guidestack.engine.schedule import ddim_timesteps
+from guidestack.engine import steps
+from guidestack.engine.schedule import ddim_timesteps, step_pairs
 from guidestack.plugins.stages.difface import fill_missing
 
 
@@ -56,10 +56,6 @@ def difface(registry, eta=0.0, start=400, steps=250, **stage):
     return validate(raw, registry, "<test>")
 
 
-def example(name: str, kind: str = "image") -> torch.Tensor:
-    return to_square(read_image(EXAMPLES / name, kind=kind).tensor, 64, kind=kind)[0]
-
-
 def test_first_model_call_is_at_the_start_time_and_the_latent_is_noised_to_it(registry, prior):
     prior.calls.clear()
     y = clean()
@@ -76,36 +72,39 @@ def test_first_model_call_is_at_the_start_time_and_the_latent_is_noised_to_it(re
 
 
 def test_perfect_restorer_with_eta_zero_is_ddim_from_the_noised_clean_image(registry, prior):
-    """Restorer = the clean image (identity on a clean observation): diffusers' DDIM from x_N."""
-    from diffusers import DDIMScheduler
+    """Restorer = the clean image (identity on a clean observation): plain DDIM from x_N.
 
+    The reference is the pure step function (checked against diffusers' DDIMScheduler in
+    tests/test_steps.py) on the 250-step grid's tail from 400, in float64."""
     x = clean(2)
     seeds = [5, 6]
     result, _ = run_recipe(difface(registry, eta=0.0), prior, Observation(x), seeds, registry)
 
-    sched = DDIMScheduler(clip_sample=True, set_alpha_to_one=True)
-    sched.alphas_cumprod = prior.alphas_cumprod.clone()
-    sched.final_alpha_cumprod = torch.tensor(1.0, dtype=torch.float64)
-    sched.set_timesteps(250)
-    abar = float(prior.alphas_cumprod[400])
+    def abar(t: int) -> float:
+        return 1.0 if t < 0 else float(prior.alphas_cumprod[t])
+
     eps = torch.stack([torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds])
-    z = (math.sqrt(abar) * x + math.sqrt(1 - abar) * eps).double()
-    for t in [int(t) for t in sched.timesteps if t <= 400]:
+    z = (math.sqrt(abar(400)) * x + math.sqrt(1 - abar(400)) * eps).double()
+    for t, t_prev in step_pairs(ddim_timesteps(250)[ddim_timesteps(250).index(400) :]):
         model_eps = prior(z, torch.full((2,), t)).eps
-        z = sched.step(model_eps, t, z, eta=0.0, use_clipped_model_output=True).prev_sample
+        z = steps.ddim_step(z, model_eps, abar(t), abar(t_prev), eta=0.0).x_prev
     assert (result.image.double() - z.clamp(-1, 1)).abs().max() < 1e-4
 
 
-def test_output_diversity_over_seeds_grows_with_eta(registry, faces):
-    y = example("astronaut_degraded.png")[None].expand(8, -1, -1, -1)
-    seeds = list(range(8))
+def test_output_diversity_over_seeds_grows_with_eta(registry):
+    """Exact toy prior, start 100 on the 250-step grid: the spread over 16 seeds grows with eta.
+
+    (On gaussian-faces-64 the spread is dominated by its isotropic grain and grows only slightly
+    at this start; see docs/recipes.md.)"""
+    prior = toys.DiagonalGaussianPrior(size=8)
+    y = clean().expand(16, -1, -1, -1)
+    seeds = list(range(16))
     spread = []
     for eta in (0.0, 0.5, 1.0):
-        r = difface(registry, eta=eta, start=300, steps=50)
-        result, _ = run_recipe(r, faces, Observation(y), seeds, registry)
+        result, _ = run_recipe(difface(registry, eta=eta, start=100), prior, Observation(y), seeds, registry)
         spread.append(result.image.std(dim=0).mean().item())
-    assert spread[0] < spread[1] < spread[2], spread
-    assert spread[0] > 0.01  # even eta 0 differs over seeds: the start noise
+    assert spread[0] * 1.03 < spread[1] and spread[1] * 1.05 < spread[2], spread
+    assert spread[0] > 0.05  # even eta 0 differs over seeds: the start noise
 
 
 def test_builtin_recipe_calls_the_model_once_per_visited_step(registry, faces, tmp_path):
@@ -201,3 +200,28 @@ def test_two_difface_starts_are_rejected_naming_both(registry):
     with pytest.raises(RecipeError) as info:
         validate(raw, registry, "<t>")
     assert "coarse" in str(info.value) and "fine" in str(info.value) and "initial_latent" in str(info.value)
+
+
+def test_inpaint_recipe_refines_x0_onto_the_known_pixels_and_pastes_them_back(registry, prior):
+    recipe = load_recipe("difface-inpaint", registry)
+    assert (recipe.stages[0].start, recipe.sampler.eta) == (480, 1.0)
+    y = clean(2)
+    mask = torch.zeros(2, 1, 8, 8)
+    mask[0, :, 1:5, 2:7] = 1
+    mask[1, :, 4:8, 0:3] = 1
+    known = (mask < 0.5).expand_as(y)
+    holed = torch.where(known, y, torch.ones_like(y))
+    seen: list[tuple[int, float]] = []
+
+    def callback(event, **info):
+        if event == "step":
+            state = info["state"]
+            seen.append((state.t, (state.x0 - y)[known].abs().max().item()))
+
+    prior.calls.clear()
+    result, ctx = run_recipe(recipe, prior, Observation(holed, mask=mask), [3, 4], registry, callback=callback)
+    assert prior.calls[0][0] == 480 and ctx.model_calls == len(seen) == 121
+    # x0 -= 0.5 * d/dx0 sum((1-M)(x0-y)^2) puts every refined x0 exactly on y where known
+    assert max(err for _, err in seen) < 1e-6
+    assert torch.equal(result.image[known], y[known])
+    assert (result.image[~known] - 1).abs().mean() > 0.3  # the white fill was replaced

@@ -7,6 +7,9 @@ here is per sample (a batch of N must equal N single runs), and every mask follo
 
 from __future__ import annotations
 
+import os
+import tempfile
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -100,3 +103,29 @@ def user_file(path: str, stage_id: str, what: str) -> Path:
     if not p.is_file():
         raise InputError(f"stage '{stage_id}': {what} file {p} does not exist")
     return p
+
+
+DOWNLOAD_TIMEOUT = 30.0
+
+
+def fetch_weights(url: str, dest: Path, what: str, option_hint: str) -> Path:
+    """Download ``url`` to ``dest`` (atomically), or raise an :class:`InputError` that says how
+    to provide the file by hand: the project's machines are offline, users' often are not."""
+    tmp: str | None = None
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
+            with os.fdopen(fd, "wb") as out:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+        os.replace(tmp, dest)
+    except Exception as exc:  # noqa: BLE001 - any network or disk failure gets the same advice
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise InputError(
+            f"{what} are not available offline and could not be downloaded "
+            f"({type(exc).__name__}: {exc}). Download {url} on a machine with internet access "
+            f"and either put it at {dest} or {option_hint}."
+        ) from exc
+    return dest

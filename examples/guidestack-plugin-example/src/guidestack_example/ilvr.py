@@ -32,9 +32,9 @@ class LowPassOptions(StageOptions):
         "N pixels is kept (larger N keeps less of the input)",
     )
     window: tuple[int, int] = Field(
-        (200, 1000),
-        description="project when lo < t <= hi (ORIGINAL timesteps); below lo the prior alone "
-        "finishes the details",
+        (-1, 1000),
+        description="project when lo < t <= hi (ORIGINAL timesteps); default: every step, so "
+        "the output's low-pass equals the input's; raise lo to let the prior finish alone",
     )
 
     @model_validator(mode="after")

@@ -1,0 +1,104 @@
+"""Tests of the example plugin, written with the fixtures of ``guidestack.testing``
+(gs_registry, gs_prior, gs_faces, gs_run, gs_recorder), which pytest loads by itself."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from guidestack.engine.errors import RecipeError
+from guidestack.engine.recipe import recipe_index
+from guidestack.testing import make_recipe, registry_with
+from guidestack_example import plugin
+from guidestack_example.ilvr import low_pass
+from guidestack_example.symmetry import asymmetry
+
+DDPM = {"kind": "ddpm", "steps": 12}
+
+
+def test_installed_plugin_is_discovered(gs_registry):
+    assert gs_registry.get("stage", "mirror-symmetry").plugin == "example"
+    assert gs_registry.get("stage", "ilvr").hooks == ("project",)
+    assert recipe_index(gs_registry)["symmetric-faces"][0] == "example"
+
+
+def test_plugin_module_registers_without_installation():
+    registry = registry_with(plugin)  # built-ins + this module, no entry points
+    assert registry.stage("mirror-symmetry") is not None
+    assert "symmetric-faces" in recipe_index(registry)
+
+
+def test_asymmetry_vanishes_exactly_on_mirror_images(gs_faces):
+    symmetric = 0.5 * (gs_faces + gs_faces.flip(-1))
+    for sigma in (0.0, 1.5):
+        assert torch.all(asymmetry(symmetric, sigma) < 1e-8)
+        assert torch.all(asymmetry(gs_faces, sigma) > 1e-3)
+    # blurring first ignores fine detail: the loss can only shrink
+    assert torch.all(asymmetry(gs_faces, 2.0) < asymmetry(gs_faces, 0.0))
+
+
+def test_symmetry_guidance_makes_faces_more_symmetric(gs_run, gs_faces):
+    plain = gs_run({"sampler": DDPM, "stage": [{"use": "ilvr", "window": [300, 1000]}]})
+    guided = gs_run(
+        {
+            "sampler": DDPM,
+            "guidance": {"rule": "x0", "scale": 0.25},
+            "stage": [{"use": "ilvr", "window": [300, 1000]}, {"use": "mirror-symmetry"}],
+        }
+    )
+    before = asymmetry(plain.image, 0.0, 0.8)
+    after = asymmetry(guided.image, 0.0, 0.8)
+    assert torch.all(after < 0.5 * before), (before, after)
+    assert guided.loss("mirror-symmetry").shape == (len(guided.steps), gs_faces.shape[0])
+
+
+def test_ilvr_gives_the_output_the_input_low_pass(gs_run, gs_faces):
+    free = gs_run({"sampler": DDPM, "stage": []})
+    kept = gs_run({"sampler": DDPM, "stage": [{"use": "ilvr", "factor": 4}]})
+    target = low_pass(gs_faces, 4)
+    err_kept = (low_pass(kept.image, 4) - target).abs().max()
+    err_free = (low_pass(free.image, 4) - target).abs().max()
+    assert err_kept < 0.05 < err_free, (err_kept, err_free)
+
+
+def test_hooks_run_every_step_in_recipe_order(gs_run, gs_recorder):
+    recipe = {
+        "sampler": DDPM,
+        "guidance": {"rule": "dynamic", "scale": 0.5},
+        "stage": [{"use": "mirror-symmetry"}, {"use": "ilvr", "window": [500, 1000]}],
+    }
+    run = gs_run(recipe, recorder=gs_recorder)
+    assert gs_recorder.count("guidance_loss", "mirror-symmetry") == len(run.steps) == 12
+    projected = [c.t for c in gs_recorder.calls if c.hook == "project"]
+    assert projected == run.ts  # called every step; it checks its own window
+    first_step = [c.hook for c in gs_recorder.calls if c.index == 0]
+    assert first_step == ["guidance_loss", "project"]
+
+
+def test_batch_equals_single_runs(gs_run, gs_faces):
+    recipe = "symmetric-faces"
+    together = gs_run(recipe, gs_faces, seeds=[3, 4], overrides=["sampler.steps=8"])
+    for i, seed in enumerate((3, 4)):
+        alone = gs_run(recipe, gs_faces[i : i + 1], seeds=[seed], overrides=["sampler.steps=8"])
+        assert torch.equal(alone.image[0], together.image[i])
+
+
+def test_packaged_recipe_uses_per_prior_defaults(gs_registry, gs_prior):
+    generic = make_recipe("symmetric-faces", gs_registry)
+    recipe = make_recipe("symmetric-faces", gs_registry, prior=gs_prior)
+    assert [s.use for s in recipe.stages] == ["ilvr", "mirror-symmetry"]
+    assert generic.stages[0].factor == 8
+    assert recipe.stages[0].factor == 4  # [per_prior.gaussian] applies to every Gaussian prior
+
+
+@pytest.mark.parametrize(
+    "stage,path",
+    [
+        ({"use": "ilvr", "factor": 1}, "stage[0].factor"),
+        ({"use": "ilvr", "window": [800, 100]}, "stage[0]"),
+        ({"use": "mirror-symmetry", "extent": 0.0}, "stage[0].extent"),
+    ],
+)
+def test_bad_options_are_refused_with_their_path(gs_registry, stage, path):
+    with pytest.raises(RecipeError, match=path.replace("[", r"\[").replace("]", r"\]")):
+        make_recipe({"sampler": DDPM, "stage": [stage]}, gs_registry)

@@ -1,0 +1,132 @@
+"""PGDiff's identity property (reference-based restoration): x0 keeps the reference's identity.
+
+Loss (per sample): a distance between face embeddings of x0 and of the reference image, both
+resized to the network's input size.  The embedding network is facenet-pytorch's
+``InceptionResnetV1`` (VGGFace2 weights; unit-norm 512-d embeddings), standing in for the
+paper's ArcFace.  ``distance = "cosine"`` (``1 - cos``, the paper's choice, weight 10) or
+``"mse"`` (sum of squared differences, the official code's default, weight 25).
+
+Weights: ``weights = "path"`` (a state dict of ``InceptionResnetV1``, e.g. facenet-pytorch's
+``20180402-114759-vggface2.pt``) or, by default, facenet-pytorch's cache, downloading the file
+at first use when online.  Offline without the file the stage fails with a message that says how
+to get it.  The network runs on one sample at a time so batches equal single runs bit for bit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from guidestack.engine.context import RunContext, StepState
+from guidestack.engine.errors import InputError
+from guidestack.engine.hookspecs import hookimpl
+from guidestack.engine.stage import GuidanceOptions, Stage
+
+from .properties import (
+    cached_model,
+    fetch_weights,
+    file_key,
+    per_sample,
+    require_input,
+    torch_home,
+    user_file,
+)
+
+#: facenet-pytorch's VGGFace2 weights (the file ``InceptionResnetV1(pretrained="vggface2")`` fetches)
+WEIGHTS_URL = (
+    "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt"
+)
+DEFAULT_WEIGHT = {"cosine": 10.0, "mse": 25.0}
+
+
+def default_weights_path() -> Path:
+    """Where facenet-pytorch caches the VGGFace2 weights (``$TORCH_HOME/checkpoints``)."""
+    return torch_home() / "checkpoints" / Path(WEIGHTS_URL).name
+
+
+def download_weights(dest: Path, url: str | None = None) -> Path:
+    """Fetch the weights to ``dest``; :class:`InputError` saying what to do when offline."""
+    url = url or WEIGHTS_URL
+    return fetch_weights(
+        url,
+        dest,
+        "identity: the face-embedding weights",
+        f'set the stage option weights = "/path/to/{Path(url).name}" (any InceptionResnetV1 state dict works)',
+    )
+
+
+def load_embedder(path: Path, device: torch.device) -> torch.nn.Module:
+    """An ``InceptionResnetV1`` in eval mode with the state dict at ``path`` (classifier ignored)."""
+    from facenet_pytorch.models.inception_resnet_v1 import InceptionResnetV1
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"identity: cannot read weights file {path}: {exc}") from exc
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise InputError(f"identity: {path} is not a state dict of InceptionResnetV1")
+    state = {k: v for k, v in state.items() if not k.startswith("logits.")}
+    net = InceptionResnetV1(pretrained=None, classify=False)
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise InputError(
+            f"identity: {path} does not fit InceptionResnetV1 (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}...)"
+        )
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.eval().to(device)
+
+
+class IdentityOptions(GuidanceOptions):
+    weight: float | None = Field(None, ge=0.0, description="default: 10 for cosine (paper), 25 for mse (code)")
+    distance: Literal["cosine", "mse"] = Field("cosine", description="cosine: 1 - cos (paper); mse: sum of squares (code)")
+    weights: str | None = Field(None, description="InceptionResnetV1 state dict file (default: facenet-pytorch's cache, downloaded when online)")
+    size: int = Field(160, ge=80, le=512, description="side the images are resized to before embedding")
+
+
+class Identity(Stage):
+    name = "identity"
+    description = "PGDiff identity property: face-embedding distance (InceptionResnetV1) between x0 and the reference."
+    Options = IdentityOptions
+    requires = ("reference",)
+
+    @property
+    def weight(self) -> float:
+        w = self.options.weight
+        return DEFAULT_WEIGHT[self.options.distance] if w is None else float(w)
+
+    def setup(self, ctx: RunContext) -> None:
+        reference = require_input(ctx, "reference", self.id, "its identity is kept")
+        if self.options.weights is not None:
+            path = user_file(self.options.weights, self.id, "weights")
+        else:
+            path = default_weights_path()
+            if not path.is_file():
+                download_weights(path)
+        self.net = cached_model(("identity", *file_key(path), str(ctx.device)), lambda: load_embedder(path, ctx.device))
+        with torch.no_grad():
+            self.reference = self.embed(reference.to(ctx.device, torch.float32))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Unit-norm embeddings ``[N, 512]`` of images in [-1, 1]."""
+        s = self.options.size
+        resized = F.interpolate(x.float(), size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+        # facenet's fixed_image_standardization: (255 * (x + 1) / 2 - 127.5) / 128
+        return per_sample(self.net, resized * (127.5 / 128.0))
+
+    @hookimpl
+    def guidance_loss(self, ctx: RunContext, state: StepState) -> torch.Tensor:
+        e = self.embed(state.x0)
+        ref = self.reference.to(device=e.device, dtype=e.dtype)
+        if self.options.distance == "cosine":
+            loss = 1.0 - F.cosine_similarity(e, ref, dim=1, eps=1e-6)
+        else:
+            loss = (e - ref).pow(2).sum(dim=1)
+        return loss.to(state.x0.dtype)
