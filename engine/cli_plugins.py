@@ -13,6 +13,7 @@ import difflib
 import importlib
 import inspect
 import json
+import re
 import sys
 import types
 from collections.abc import Callable
@@ -29,8 +30,17 @@ from .registry import Registry
 KINDS = ("stage", "restorer", "degradation", "prior", "prior_backend")
 #: option fields every stage has that a recipe fills for it (never shown as options)
 _IMPLICIT_FIELDS = ("use",)
-_CONSTRAINTS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("multiple_of", "multiple of"),
-                ("min_length", "min length"), ("max_length", "max length"))
+#: a full stop followed by a capital letter (so "e.g. paste" does not end a sentence)
+_SENTENCE_END = re.compile(r"(?<=[\w)\]`])\.\s+(?=[A-Z])")
+_CONSTRAINTS = (
+    ("gt", ">"),
+    ("ge", ">="),
+    ("lt", "<"),
+    ("le", "<="),
+    ("multiple_of", "multiple of"),
+    ("min_length", "min length"),
+    ("max_length", "max length"),
+)
 
 
 # --- options models ----------------------------------------------------------------------------
@@ -48,10 +58,18 @@ def type_name(annotation: Any) -> str:
         return " | ".join(type_name(a) for a in args)
     if origin is not None:
         name = getattr(origin, "__name__", str(origin))
-        return f"{name}[{', '.join('...' if a is Ellipsis else type_name(a) for a in args)}]" if args else name
+        return (
+            f"{name}[{', '.join('...' if a is Ellipsis else type_name(a) for a in args)}]"
+            if args
+            else name
+        )
     if isinstance(annotation, type):
         kind = getattr(annotation, "kind", None)
-        if isinstance(kind, str) and issubclass(annotation, BaseModel) and "use" in annotation.model_fields:
+        if (
+            isinstance(kind, str)
+            and issubclass(annotation, BaseModel)
+            and "use" in annotation.model_fields
+        ):
             return f"{kind} reference"
         return annotation.__name__
     return str(annotation).replace("typing.", "")
@@ -111,8 +129,8 @@ def plugin_api_version(module_name: str | None) -> int | None:
 def hook_summary(hook: str) -> str:
     """The first sentence of a hook's documentation in :mod:`.hookspecs`."""
     doc = inspect.getdoc(getattr(hookspecs, hook, None)) or ""
-    first = " ".join(doc.split("\n\n")[0].split())
-    return first.split(". ")[0].rstrip(".")
+    paragraph = " ".join(doc.split("\n\n")[0].split()).replace("``", "`")
+    return _SENTENCE_END.split(paragraph, maxsplit=1)[0].rstrip(".")
 
 
 def _uses(node: Any, name: str, path: str) -> list[str]:
@@ -180,7 +198,10 @@ def explain_entry(registry: Registry, kind: str, name: str) -> dict[str, Any]:
         "plugin": _plugin_facts(registry, entry.plugin),
         "defined_in": f"{obj.__module__}.{obj.__qualname__}" if isinstance(obj, type) else None,
         "details": inspect.cleandoc(obj.__doc__) if isinstance(obj, type) and obj.__doc__ else "",
-        "hooks": [{"name": h, "when": hook_summary(h), "exclusive": h in hookspecs.EXCLUSIVE_HOOKS} for h in entry.hooks],
+        "hooks": [
+            {"name": h, "when": hook_summary(h), "exclusive": h in hookspecs.EXCLUSIVE_HOOKS}
+            for h in entry.hooks
+        ],
         "requires": list(getattr(obj, "requires", ()) or ()),
         "options": options_schema(entry.options),
         "recipes": recipes_using(registry, kind, name),
@@ -194,12 +215,20 @@ def explain_plugin(registry: Registry, plugin: str) -> dict[str, Any]:
 
     contents = registry.plugins.get(plugin, {})
     provides = {
-        kind: [{"name": n, "description": registry.get(kind, n).description} for n in contents.get(kind, [])]
+        kind: [
+            {"name": n, "description": registry.get(kind, n).description}
+            for n in contents.get(kind, [])
+        ]
         for kind in KINDS
         if contents.get(kind)
     }
     recipes = sorted(n for n, (owner, _) in recipe_index(registry).items() if owner == plugin)
-    return {"kind": "plugin", **_plugin_facts(registry, plugin), "provides": provides, "recipes": recipes}
+    return {
+        "kind": "plugin",
+        **_plugin_facts(registry, plugin),
+        "provides": provides,
+        "recipes": recipes,
+    }
 
 
 def explain(registry: Registry, name: str, kind: str | None = None) -> list[dict[str, Any]]:
@@ -214,14 +243,24 @@ def explain(registry: Registry, name: str, kind: str | None = None) -> list[dict
             found.append(explain_entry(registry, k, name))
     if not found:
         known = sorted({n for k in KINDS for n in registry.names(k)} | set(registry.plugins))
-        close = difflib.get_close_matches(name, known, n=3)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        close = _suggestions(name, known)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         what = f"{kind} " if kind else ""
         raise UsageError(
-            f"nothing {what}named '{name}' is installed{hint} `guidestack plugins` lists every "
-            "plugin, stage, restorer and prior"
+            f"nothing {what}named '{name}' is installed.{hint} `guidestack plugins` lists every "
+            "plugin, stage, restorer and prior."
         )
     return found
+
+
+def _suggestions(name: str, known: list[str]) -> list[str]:
+    """Known names containing ``name``, close to it, or with a dash-separated part close to it."""
+    close = [n for n in known if name in n] or difflib.get_close_matches(name, known, n=3)
+    if not close:
+        close = [
+            n for n in known if difflib.get_close_matches(name, n.split("-"), n=1, cutoff=0.75)
+        ]
+    return close[:3]
 
 
 # --- text output -------------------------------------------------------------------------------
@@ -235,7 +274,10 @@ def _plugin_line(p: dict[str, Any]) -> str:
 
 def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return [
+        indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in rows
+    ]
 
 
 def format_entry(info: dict[str, Any]) -> str:
@@ -247,7 +289,12 @@ def format_entry(info: dict[str, Any]) -> str:
         lines += ["", *("  " + line if line else "" for line in info["details"].splitlines())]
     if info["hooks"]:
         lines += ["", "hooks (when the loop calls them):"]
-        lines += _table([[h["name"], h["when"] + (" [one stage per recipe]" if h["exclusive"] else "")] for h in info["hooks"]])
+        lines += _table(
+            [
+                [h["name"], h["when"] + (" [one stage per recipe]" if h["exclusive"] else "")]
+                for h in info["hooks"]
+            ]
+        )
     if info["requires"]:
         lines += ["", f"requires: {', '.join(info['requires'])} (checked before anything runs)"]
     if info["options"]:
@@ -255,7 +302,9 @@ def format_entry(info: dict[str, Any]) -> str:
         rows = [["name", "type", "default", "constraints", "description"]]
         for name, o in info["options"].items():
             default = "(required)" if o["required"] else json.dumps(o["default"])
-            rows.append([name, o["type"], default, _format_constraints(o["constraints"]), o["description"]])
+            rows.append(
+                [name, o["type"], default, _format_constraints(o["constraints"]), o["description"]]
+            )
         lines += _table(rows)
     elif info["kind"] in ("stage", "restorer", "degradation"):
         lines += ["", "options: none"]
@@ -290,14 +339,28 @@ def format_plugin(info: dict[str, Any]) -> str:
 
 def add_plugin_commands(sub: Any) -> None:
     """Add ``explain`` and ``new-plugin`` to the ``guidestack`` subcommands."""
-    explain_p = sub.add_parser("explain", help="describe a stage, restorer, prior or plugin: hooks, options, recipes using it")
-    explain_p.add_argument("name", help="a registered name or a plugin name (`guidestack plugins` lists them)")
-    explain_p.add_argument("--kind", choices=[*KINDS, "plugin"], help="only look for this kind of thing")
+    explain_p = sub.add_parser(
+        "explain",
+        help="describe a stage, restorer, prior or plugin: hooks, options, recipes using it",
+    )
+    explain_p.add_argument(
+        "name", help="a registered name or a plugin name (`guidestack plugins` lists them)"
+    )
+    explain_p.add_argument(
+        "--kind", choices=[*KINDS, "plugin"], help="only look for this kind of thing"
+    )
     explain_p.add_argument("--json", action="store_true")
 
-    new = sub.add_parser("new-plugin", help="create a third-party plugin package (stages, a recipe, tests) to edit")
+    new = sub.add_parser(
+        "new-plugin", help="create a third-party plugin package (stages, a recipe, tests) to edit"
+    )
     new.add_argument("name", help="plugin name: lowercase letters, digits and dashes, e.g. sharpen")
-    new.add_argument("-o", "--output", default=".", help="folder in which guidestack-NAME/ is created (default: .)")
+    new.add_argument(
+        "-o",
+        "--output",
+        default=".",
+        help="folder in which guidestack-NAME/ is created (default: .)",
+    )
 
 
 def run_plugin_command(args: argparse.Namespace, registry: Callable[[], Registry]) -> int:
@@ -307,7 +370,11 @@ def run_plugin_command(args: argparse.Namespace, registry: Callable[[], Registry
         if args.json:
             print(json.dumps(found if len(found) > 1 else found[0], indent=2))
         else:
-            print("\n\n".join(format_plugin(i) if i["kind"] == "plugin" else format_entry(i) for i in found))
+            print(
+                "\n\n".join(
+                    format_plugin(i) if i["kind"] == "plugin" else format_entry(i) for i in found
+                )
+            )
         return 0
     if args.command == "new-plugin":
         from .scaffold import scaffold

@@ -2,7 +2,9 @@
 
 Order: a registered prior name (``gaussian-faces-64``), then each registered backend that claims
 the reference (a ``.pt`` file for the Gaussian backend, a folder or a hub id ``owner/name`` for
-diffusers).  Unknown references get a "did you mean" over the registered names.
+diffusers).  ``<backend>:<ref>`` (``adm:iddpm-ffhq-512:/path/file.pth``) skips the claims and
+hands ``<ref>`` to that backend.  Unknown references get a "did you mean" over the registered
+names.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ def load_prior(ref: str, registry: Registry, device: torch.device | str = "cpu",
     if entry is not None:
         prior = entry.obj(device=device, dtype=dtype)
         return prior
+    scheme, sep, rest = ref.partition(":")
+    explicit = registry.get("prior_backend", scheme) if sep else None
+    if explicit is not None:  # "<backend>:<ref>" picks the backend whatever the others claim
+        return explicit.obj[1](rest, device=device, dtype=dtype)
     for backend in registry.entries.get("prior_backend", {}).values():
         claims, load = backend.obj
         if claims(ref):

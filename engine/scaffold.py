@@ -2,7 +2,7 @@
 
 The package has the layout of examples/guidestack-plugin-example: a ``pyproject.toml`` with the
 ``guidestack`` entry point, a plugin module declaring ``hook_api_version``, a guidance stage
-(smoothed total variation), a projection stage (confidence clipping), a recipe folder and pytest
+(smoothed total variation), a projection stage (keeps the input's average colour), a recipe folder and pytest
 tests written with the ``guidestack.testing`` fixtures.  Templates are :class:`string.Template`
 strings (``$name``), so the Python and TOML they hold need no brace escaping.
 """
@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # pragma: no cover
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 MAX_NAME = 32
 
-PYPROJECT = Template('''\
+PYPROJECT = Template("""\
 [build-system]
 requires = ["setuptools>=70.1"]
 build-backend = "setuptools.build_meta"
@@ -31,7 +31,7 @@ build-backend = "setuptools.build_meta"
 [project]
 name = "guidestack-$name"
 version = "0.1.0"
-description = "guidestack plugin $name: total-variation guidance, confidence clipping and a demo recipe"
+description = "guidestack plugin $name: total-variation guidance, a colour-keeping projection and a demo recipe"
 readme = "README.md"
 requires-python = ">=3.11"
 dependencies = ["guidestack>=$guidestack_version", "torch>=2.3", "pydantic>=2.6"]
@@ -52,7 +52,7 @@ $module = ["recipes/*.toml"]
 
 [tool.pytest.ini_options]
 testpaths = ["tests"]
-''')
+""")
 
 INIT = Template('''\
 """guidestack plugin $name."""
@@ -132,43 +132,41 @@ class TotalVariation(Stage):
         return total_variation(state.x0, self.options.eps)
 
 
-class ClipOptions(StageOptions):
-    k: float = Field(
-        1.7,
-        gt=0.0,
-        le=10.0,
-        description="noise standard deviations allowed above the clean range [-1, 1]",
+class MeanLockOptions(StageOptions):
+    strength: float = Field(
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="fraction of the colour correction applied after each step (1 = exact)",
     )
 
 
-class ConfidenceClip(Stage):
-    """A projection stage: after every step, clip x_prev to +-(sqrt(abar) + k sqrt(1 - abar))
-    at its noise level, the range an image in [-1, 1] plus k noise deviations reaches."""
+class MeanLock(Stage):
+    """A projection stage: after every step, move each channel's mean of x_prev to that of the
+    input at the same noise level, sqrt(abar) * mean(y) (the noise has zero mean), so the output
+    keeps the input's average colour whatever the guidance does."""
 
-    name = "$name-clip"
-    description = "Projection: clip the latent to +-(sqrt(abar) + k sqrt(1 - abar)) after every step."
-    Options = ClipOptions
+    name = "$name-mean"
+    description = "Projection: keep the latent's per-channel mean at the noised input's (average colour)."
+    Options = MeanLockOptions
 
     @hookimpl
     def project(self, ctx: RunContext, state: StepState) -> None:
-        abar = ctx.abar(state.t_prev)
-        limit = math.sqrt(abar) + self.options.k * math.sqrt(1.0 - abar)
-        state.x_prev = state.x_prev.clamp(-limit, limit)
+        x = state.x_prev
+        target = math.sqrt(ctx.abar(state.t_prev)) * ctx.observation.image.mean(dim=(2, 3), keepdim=True)
+        shift = target.to(x.dtype) - x.mean(dim=(2, 3), keepdim=True)
+        state.x_prev = x + self.options.strength * shift
 
 
-STAGES = (TotalVariation, ConfidenceClip)
+STAGES = (TotalVariation, MeanLock)
 ''')
 
-RECIPE = Template('''\
-description = "Demo of the $name plugin: PGDiff-style restoration towards a blurred input, plus total-variation guidance and confidence clipping. Replace it with your own."
+RECIPE = Template("""\
+description = "Demo of the $name plugin: guidestack's PGDiff restoration plus total-variation guidance, keeping the input's average colour. Replace it with your own."
 
-[sampler]
-kind = "ddpm"
-steps = 50
-
-[guidance]
-rule = "mean_shift"
-scale = 0.1
+# Start from the built-in recipe (sampler, guidance rule and its per-prior tuning) and add the
+# plugin's stages.  A child's [[stage]] list replaces the base's, so the base stage is repeated.
+extends = "restore"
 
 [[stage]]
 use = "smooth-semantics"
@@ -176,11 +174,11 @@ restorer = { use = "gaussian-blur", sigma = 1.5 }
 
 [[stage]]
 use = "$name"
-weight = 0.5
+weight = 0.3
 
 [[stage]]
-use = "$name-clip"
-''')
+use = "$name-mean"
+""")
 
 TESTS = Template('''\
 """Tests of the $name plugin with the fixtures guidestack gives pytest (guidestack.testing):
@@ -201,7 +199,7 @@ DDPM = {"kind": "ddpm", "steps": 10}
 def test_installed_plugin_is_discovered(gs_registry):
     assert gs_registry.get("stage", "$name").plugin == "$name"
     assert gs_registry.get("stage", "$name").hooks == ("guidance_loss",)
-    assert gs_registry.get("stage", "$name-clip").hooks == ("project",)
+    assert gs_registry.get("stage", "$name-mean").hooks == ("project",)
     assert recipe_index(gs_registry)["$name-demo"][0] == "$name"
 
 
@@ -218,12 +216,12 @@ def test_guidance_makes_outputs_smoother(gs_run):
     assert torch.all(total_variation(smooth.image, 0.01) < total_variation(plain.image, 0.01))
 
 
-def test_clip_bounds_every_latent(gs_run, gs_recorder):
-    run = gs_run({"sampler": DDPM, "stage": [{"use": "$name-clip", "k": 0.5}]}, recorder=gs_recorder)
+def test_mean_lock_keeps_the_input_colour(gs_run, gs_faces, gs_recorder):
+    run = gs_run({"sampler": DDPM, "stage": [{"use": "$name-mean"}]}, recorder=gs_recorder)
     for step in run.steps:
-        abar = run.ctx.abar(step.t_prev)
-        assert step.x_prev.abs().max() <= math.sqrt(abar) + 0.5 * math.sqrt(1 - abar) + 1e-6
-    assert gs_recorder.count("project", "$name-clip") == len(run.steps) == 10
+        target = math.sqrt(run.ctx.abar(step.t_prev)) * gs_faces.mean(dim=(2, 3))
+        assert torch.allclose(step.x_prev.mean(dim=(2, 3)), target, atol=1e-5)
+    assert gs_recorder.count("project", "$name-mean") == len(run.steps) == 10
 
 
 def test_demo_recipe_runs(gs_run, gs_faces):
@@ -232,7 +230,7 @@ def test_demo_recipe_runs(gs_run, gs_faces):
     assert torch.isfinite(run.image).all()
 ''')
 
-README = Template('''\
+README = Template("""\
 # guidestack-$name
 
 A [guidestack](https://pypi.org/project/guidestack/) plugin, made with `guidestack new-plugin $name`.
@@ -240,8 +238,8 @@ A [guidestack](https://pypi.org/project/guidestack/) plugin, made with `guidesta
 | name | kind | hook | what |
 |---|---|---|---|
 | `$name` | stage | `guidance_loss` | smoothed total variation of x0 (option `eps`, plus `weight`, `window`) |
-| `$name-clip` | stage | `project` | clips the latent to +-(sqrt(abar) + k sqrt(1 - abar)) (option `k`) |
-| `$name-demo` | recipe | | smooth-semantics restoration + `$name` + `$name-clip` |
+| `$name-mean` | stage | `project` | keeps the latent's per-channel mean at the noised input's (option `strength`) |
+| `$name-demo` | recipe | | smooth-semantics restoration + `$name` + `$name-mean` |
 
 ```bash
 pip install -e .                      # registers the plugin (entry-point group "guidestack")
@@ -255,7 +253,7 @@ GUIDESTACK_BLOCK_PLUGINS=$name guidestack plugins    # switch it off without uni
 Edit `src/$module/stages.py` (the stages), `src/$module/recipes/` (recipes) and `tests/`.
 guidestack's docs/plugins.md documents every hook, when the loop calls it, and the hook API
 version declared in `src/$module/plugin.py`.
-''')
+""")
 
 GITIGNORE = "__pycache__/\n*.egg-info/\nbuild/\ndist/\n.pytest_cache/\n"
 
@@ -275,7 +273,9 @@ def check_name(name: str, registry: Registry | None = None) -> None:
     taken = []
     if name in registry.plugins:
         taken.append(f"plugin '{name}'")
-    taken += [f"stage '{n}'" for n in (name, f"{name}-clip") if registry.get("stage", n) is not None]
+    taken += [
+        f"stage '{n}'" for n in (name, f"{name}-mean") if registry.get("stage", n) is not None
+    ]
     if f"{name}-demo" in recipe_index(registry):
         taken.append(f"recipe '{name}-demo'")
     if taken:
@@ -291,7 +291,12 @@ def scaffold(name: str, output: Path, registry: Registry | None = None) -> tuple
     root = Path(output) / f"guidestack-{name}"
     if root.exists():
         raise OutputError(f"{root} already exists; choose another name or --output folder")
-    values = {"name": name, "module": module, "api": HOOK_API_VERSION, "guidestack_version": __version__}
+    values = {
+        "name": name,
+        "module": module,
+        "api": HOOK_API_VERSION,
+        "guidestack_version": __version__,
+    }
     package = Path("src") / module
     files = {
         Path("pyproject.toml"): PYPROJECT,

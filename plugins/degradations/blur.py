@@ -2,7 +2,8 @@
 
 Kernels are built with torch operations, so a kernel whose shape parameters are tensors stays
 differentiable in them (the blind operator in :mod:`.blind` reuses :func:`gaussian_kernel`).
-Borders are reflected, as a camera sees more scene outside the frame, not black.
+Borders are reflected, as a camera sees more scene outside the frame, not black.  The
+convolution runs through FFTs (see :func:`blur`).
 """
 
 from __future__ import annotations
@@ -62,7 +63,10 @@ def motion_kernel(size: int, length: float, angle: float, *, device=None, dtype=
 def blur(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     """Convolve each channel of each sample with its kernel (``[k, k]`` shared or ``[N, k, k]``).
 
-    One convolution per sample, so a sample's result does not depend on the batch it is in.
+    Reflect-pads by ``k // 2`` and convolves with FFTs: the same result as ``conv2d`` on the
+    padded image (to float rounding) but several times faster when the kernel itself needs a
+    gradient (blind mode), where CPU convolutions take a slow weight-gradient path.  One sample
+    at a time, so a sample's result does not depend on the batch it is in.
     """
     n, c, h, w = x.shape
     if kernels.dim() == 2:
@@ -70,13 +74,20 @@ def blur(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     if kernels.shape[0] != n:
         raise ValueError(f"got {kernels.shape[0]} kernels for {n} images")
     size = kernels.shape[-1]
+    if size % 2 == 0:
+        raise ValueError(f"kernels must have an odd side, got {size}")
     pad = size // 2
     mode = "reflect" if pad < min(h, w) else "replicate"
+    hp, wp = h + 2 * pad, w + 2 * pad
     out = []
     for i in range(n):
-        xi = F.pad(x[i : i + 1], (pad, pad, pad, pad), mode=mode)
-        weight = kernels[i].to(x.dtype).expand(c, 1, size, size)
-        out.append(F.conv2d(xi, weight, groups=c))
+        xi = F.pad(x[i : i + 1], (pad, pad, pad, pad), mode=mode) if pad else x[i : i + 1]
+        # correlation as conv2d does it: flip the kernel, place it at the origin, crop the
+        # wrap-free part of the circular convolution
+        ki = F.pad(kernels[i].to(x.dtype).flip(0, 1), (0, wp - size, 0, hp - size))
+        spectrum = torch.fft.rfft2(xi) * torch.fft.rfft2(ki)
+        full = torch.fft.irfft2(spectrum, s=(hp, wp))
+        out.append(full[..., size - 1 :, size - 1 :])
     return torch.cat(out)
 
 

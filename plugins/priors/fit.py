@@ -9,6 +9,11 @@ data matrix, ``O(n^2 d)``; the ``d x d`` covariance is never formed.
 Images are read with Pillow: EXIF orientation applied, converted to RGB (gray is replicated,
 alpha dropped, 16-bit gray scaled to 8 bits), centre-cropped to a square and resized with
 Pillow's bicubic filter, which widens its support when shrinking and so antialiases.
+
+With ``align=True`` each photo is instead searched for faces (MTCNN), and every face found (with
+probability >= ``threshold`` and a box of at least ``min_face`` pixels) is cut out along the FFHQ
+five-point template at the prior's size, the same way ``guidestack run --faces`` frames the faces
+it restores (:mod:`guidestack.plugins.faces`).
 """
 
 from __future__ import annotations
@@ -35,6 +40,12 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 SHIPPED_COMPONENTS = 12
 SHIPPED_NAME = "gaussian-faces-64"
 SHIPPED_SIZE = 64
+#: a face used for fitting needs at least this MTCNN probability
+ALIGN_THRESHOLD = 0.9
+#: two aligned faces correlating at least this much (either one mirrored) are the same photo
+NEAR_DUPLICATE = 0.95
+#: long side photos are shrunk to for detection when fitting (faces there are large)
+ALIGN_DETECT_SIDE = 640
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -119,6 +130,143 @@ def read_images(files: list[Path], size: int) -> tuple[torch.Tensor, dict[str, A
     return torch.stack(images), report
 
 
+def decode_photo(data: bytes) -> torch.Tensor:
+    """A whole photo's bytes as ``[3, H, W]`` float32 in [-1, 1] (EXIF orientation applied)."""
+    with Image.open(io.BytesIO(data)) as opened:
+        image = _to_rgb(ImageOps.exif_transpose(opened))
+    array = np.asarray(image, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
+
+
+def default_min_face(size: int) -> float:
+    """Smallest face box (pixels) used for a ``size`` prior: ``size / 2`` (at least 20).
+
+    An MTCNN box is 0.53 of an aligned crop's side (mean over faces/hq), so such a face fills the
+    crop at about its own resolution: no training face is blown up from a few pixels.
+    """
+    return max(20.0, size / 2)
+
+
+def _correlation(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.double().flatten(), b.double().flatten()
+    a, b = a - a.mean(), b - b.mean()
+    return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-12))
+
+
+def read_aligned_faces(
+    files: list[Path],
+    size: int,
+    *,
+    threshold: float = ALIGN_THRESHOLD,
+    min_face: float | None = None,
+    max_faces: int | None = None,
+    detect_side: int = ALIGN_DETECT_SIDE,
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Detect and align the faces in ``files``: ``[N, 3, size, size]`` in [-1, 1] and a report.
+
+    Per photo, faces with probability >= ``threshold`` and a box of >= ``min_face`` pixels
+    (default :func:`default_min_face`) are kept, the ``max_faces`` largest if given.  Photos
+    without one are skipped; byte-identical files and near-identical faces (correlation >=
+    :data:`NEAR_DUPLICATE` with an earlier face or its mirror image, e.g. a mirrored copy of a
+    photo) are dropped; all three are listed in the report.  Landmarks are rounded to 1/1000
+    pixel, so the last bits of the detector's arithmetic (which vary with the BLAS thread count)
+    do not change the crops.
+    """
+    from guidestack.plugins.faces.align import align_face
+    from guidestack.plugins.faces.detect import detect_faces, select_faces
+
+    if size < 2:
+        raise UsageError(f"--size must be at least 2 pixels, got {size}")
+    min_face = default_min_face(size) if min_face is None else float(min_face)
+    seen: dict[str, str] = {}
+    crops: list[torch.Tensor] = []
+    faces: list[dict[str, Any]] = []
+    used: list[str] = []
+    skipped: list[dict[str, str]] = []
+    duplicates: list[dict[str, str]] = []
+    near: list[dict[str, Any]] = []
+    for path in files:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            skipped.append({"file": str(path), "reason": exc.strerror or str(exc)})
+            continue
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in seen:
+            duplicates.append({"file": str(path), "same_as": seen[digest]})
+            continue
+        try:
+            photo = decode_photo(data)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            skipped.append({"file": str(path), "reason": f"not a readable image ({exc})"})
+            continue
+        seen[digest] = str(path)
+        found = detect_faces(photo, min_face=min_face, detect_side=detect_side)
+        kept, notes = select_faces(found, threshold=threshold, min_face=min_face)
+        kept = sorted(kept, key=lambda d: -d.size)[:max_faces]
+        if not kept:
+            reason = f"no face with probability >= {threshold} and >= {min_face:g} px"
+            skipped.append({"file": str(path), "reason": "; ".join([reason, *notes])})
+            continue
+        used.append(str(path))
+        for index, face in enumerate(kept):
+            landmarks = torch.round(face.landmarks * 1000.0) / 1000.0
+            crop, _ = align_face(photo, landmarks, size)
+            name = f"{path.parent.name}/{path.name}#{index}"
+            twin = next(
+                (
+                    (other["face"], corr, mirrored)
+                    for other, previous in zip(faces, crops, strict=True)
+                    for mirrored, corr in (
+                        (False, _correlation(crop, previous)),
+                        (True, _correlation(crop.flip(-1), previous)),
+                    )
+                    if corr >= NEAR_DUPLICATE
+                ),
+                None,
+            )
+            if twin is not None:
+                near.append(
+                    {
+                        "face": name,
+                        "same_as": twin[0],
+                        "correlation": round(twin[1], 4),
+                        "mirrored": twin[2],
+                    }
+                )
+                continue
+            crops.append(crop)
+            faces.append(
+                {
+                    "face": name,
+                    "prob": round(face.prob, 4),
+                    "size": round(face.size, 1),
+                    "landmarks": landmarks.tolist(),
+                }
+            )
+    report = {
+        "files": used,
+        "faces": faces,
+        "skipped": skipped,
+        "duplicates": duplicates,
+        "near_duplicates": near,
+        "alignment": {
+            "template": "ffhq-5-point",
+            "detector": "mtcnn",
+            "threshold": threshold,
+            "min_face": min_face,
+            "max_faces": max_faces,
+        },
+    }
+    if not crops:
+        where = sorted({str(Path(f).parent) for f in map(str, files)}) or ["(no files)"]
+        raise InputError(
+            f"no usable face in {', '.join(where)}: {len(skipped)} file(s) skipped "
+            f"(no face with probability >= {threshold} and >= {min_face:g} px, or unreadable)"
+        )
+    return torch.stack(crops), report
+
+
 # ------------------------------------------------------------------------------------ fitting
 
 
@@ -193,18 +341,39 @@ def _round(value: float) -> float:
 
 
 def fit_from_folder(
-    folder: str | Path, size: int, components: int, flips: bool = True
+    folder: str | Path,
+    size: int,
+    components: int,
+    flips: bool = True,
+    *,
+    align: bool = False,
+    threshold: float = ALIGN_THRESHOLD,
+    min_face: float | None = None,
+    max_faces: int | None = None,
 ) -> tuple[GaussianPrior, dict[str, Any]]:
-    """Fit a prior to every image file in ``folder``; returns the prior and a report dict."""
+    """Fit a prior to every image file in ``folder``; returns the prior and a report dict.
+
+    ``align=False``: the files are aligned faces already (centre-cropped and resized).
+    ``align=True``: the faces in the photos are detected and aligned (:func:`read_aligned_faces`).
+    """
     folder = Path(folder)
-    images, report = read_images(image_files(folder), size)
+    if align:
+        images, report = read_aligned_faces(
+            image_files(folder), size, threshold=threshold, min_face=min_face, max_faces=max_faces
+        )
+        what = f"{images.shape[0]} faces aligned from {len(report['files'])} photos in {folder}"
+        metadata = {"files": [f["face"] for f in report["faces"]], "alignment": report["alignment"]}
+    else:
+        images, report = read_images(image_files(folder), size)
+        what = f"{images.shape[0]} images from {folder}"
+        metadata = {"files": [Path(f).name for f in report["files"]]}
     prior = fit_gaussian_prior(
         images,
         components,
         flips,
         name=folder.resolve().name or "gaussian",
-        source=f"{images.shape[0]} images from {folder}",
-        metadata={"files": [Path(f).name for f in report["files"]]},
+        source=what,
+        metadata=metadata,
     )
     report.update(_summary(prior))
     return prior, report
@@ -271,10 +440,12 @@ def fit_command(
     flips: bool = True,
     *,
     overwrite: bool = False,
+    align: bool = False,
 ) -> dict[str, Any]:
-    """``guidestack prior fit FOLDER -o FILE``: fit, write atomically, return a JSON-able report."""
+    """``guidestack prior fit FOLDER -o FILE [--align]``: fit, write atomically, return a
+    JSON-able report."""
     _check_output(Path(output), overwrite)  # fail before the (slow) fit
-    prior, report = fit_from_folder(folder, size, components, flips)
+    prior, report = fit_from_folder(folder, size, components, flips, align=align)
     report.update(write_prior(prior, output, overwrite=overwrite))
     return report
 

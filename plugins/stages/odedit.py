@@ -127,7 +127,7 @@ class ODEInversionOptions(StageOptions):
     steps: int | None = Field(
         None,
         ge=1,
-        description="inversion grid points, sampler spacing (default: the points the sampler visits from depth)",
+        description="invert over the grid of a sampler with this many steps (its spacing, from depth down); default: the points the sampler visits",
     )
     noise: float = Field(
         0.0, ge=0.0, description="std of Gaussian noise added to the observation first (CODE: 0.01)"
@@ -381,7 +381,8 @@ class Langevin(Stage):
             ref = marginal_sigma(ctx.abar(min(grid)), opts.sigma)
             ratio = marginal_sigma(ctx.abar(t), opts.sigma) / ref
             return opts.step_size * (1.0 / ratio if opts.direction == "shrink" else ratio)
-        top = max(grid)
+        visited = ctx.report.get("grid") or grid
+        top = max(max(grid), max(visited))
         u = t / top if top > 0 else 0.0
         exponent = u if opts.direction == "grow" else 1.0 - u
         return opts.step_size * opts.ratio**exponent
@@ -391,7 +392,7 @@ class Langevin(Stage):
     def run_at(self, ctx: RunContext, x: torch.Tensor, t: int) -> torch.Tensor:
         opts = self.options
         count = self.plan(ctx).get(t)
-        if count is None:
+        if not count:
             return x
         start, calls = x, ctx.model_calls
         alpha = self.step_size(ctx, t)

@@ -389,7 +389,9 @@ def pytest_report_header(config: pytest.Config) -> str:
     from guidestack import __version__
     from guidestack.engine.hookspecs import HOOK_API_VERSION
 
-    return f"guidestack {__version__} (hook API {HOOK_API_VERSION}); fixtures from guidestack.testing"
+    return (
+        f"guidestack {__version__} (hook API {HOOK_API_VERSION}); fixtures from guidestack.testing"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -420,7 +422,9 @@ def gs_recorder() -> HookRecorder:
 
 
 @pytest.fixture
-def gs_run(gs_registry: Registry, gs_prior: Prior, gs_faces: torch.Tensor) -> Callable[..., Trajectory]:
+def gs_run(
+    gs_registry: Registry, gs_prior: Prior, gs_faces: torch.Tensor
+) -> Callable[..., Trajectory]:
     """``gs_run(recipe, observation=gs_faces, *, prior=gs_prior, registry=gs_registry,
     seeds=None, overrides=(), recorder=None)`` -> :class:`Trajectory`."""
 

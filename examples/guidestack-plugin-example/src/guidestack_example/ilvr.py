@@ -54,7 +54,9 @@ def low_pass(x: torch.Tensor, factor: int) -> torch.Tensor:
 
 class LowPassConsistency(Stage):
     name = "ilvr"
-    description = "ILVR projection: replace the latent's low frequencies by those of the noised input."
+    description = (
+        "ILVR projection: replace the latent's low frequencies by those of the noised input."
+    )
     Options = LowPassOptions
 
     @hookimpl
