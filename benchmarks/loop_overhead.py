@@ -48,7 +48,10 @@ def main() -> int:
     config["clip_sample"] = False  # compare the raw DDIM update on both sides
     registry = load_registry(blocked=set(), entry_points=False)
     recipe = validate(
-        {"description": "plain DDIM", "sampler": {"kind": "ddim", "steps": args.steps, "eta": 0.0, "clip_x0": False}},
+        {
+            "description": "plain DDIM",
+            "sampler": {"kind": "ddim", "steps": args.steps, "eta": 0.0, "clip_x0": False},
+        },
         registry,
         "<benchmark>",
     )

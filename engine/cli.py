@@ -23,7 +23,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="guidestack", description="Restore images with pretrained diffusion priors, composed from plugins.")
+    parser = _Parser(
+        prog="guidestack",
+        description="Restore images with pretrained diffusion priors, composed from plugins.",
+    )
     parser.add_argument("--version", action="version", version=f"guidestack {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -32,38 +35,85 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("recipe", help="built-in recipe name or path to a .toml file")
     run.add_argument("inputs", nargs="+", help="image files or folders of images")
     run.add_argument("-o", "--output", required=True, help="output folder")
-    run.add_argument("--mask", help="mask image (white = missing), or a folder of masks named like the inputs")
-    run.add_argument("--reference", help="reference image, or a folder of references named like the inputs")
-    run.add_argument("--prior", help="prior name, .pt file, diffusers folder or hub id (default: the recipe's)")
-    run.add_argument("--seed", type=int, default=0, help="run seed; each input's seed derives from it and its file name")
+    run.add_argument(
+        "--mask", help="mask image (white = missing), or a folder of masks named like the inputs"
+    )
+    run.add_argument(
+        "--reference", help="reference image, or a folder of references named like the inputs"
+    )
+    run.add_argument(
+        "--prior", help="prior name, .pt file, diffusers folder or hub id (default: the recipe's)"
+    )
+    run.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="run seed; each input's seed derives from it and its file name",
+    )
     run.add_argument("--steps", type=int, help="override sampler.steps")
-    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE", help="override a recipe value (TOML-typed), e.g. guidance.scale=0.05 or stage.smooth-semantics.weight=2")
-    run.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: cuda if available, else cpu)")
-    run.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="denoiser dtype (default: the recipe's prior.dtype)")
-    run.add_argument("--batch-size", type=int, default=1, help="images per batch (results do not depend on it)")
-    run.add_argument("--trajectory", type=int, default=0, metavar="N", help="also write <name>_trajectory.png with N x0 predictions")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a recipe value (TOML-typed), e.g. guidance.scale=0.05 or stage.smooth-semantics.weight=2",
+    )
+    run.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, cuda:1, mps (default: cuda if available, else cpu)",
+    )
+    run.add_argument(
+        "--dtype",
+        choices=["float32", "float16", "bfloat16"],
+        help="denoiser dtype (default: the recipe's prior.dtype)",
+    )
+    run.add_argument(
+        "--batch-size", type=int, default=1, help="images per batch (results do not depend on it)"
+    )
+    run.add_argument(
+        "--trajectory",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also write <name>_trajectory.png with N x0 predictions",
+    )
     run.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in OUTDIR: inputs it finished are kept, the rest are run",
+    )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
 
     recipes = sub.add_parser("recipes", help="list recipes")
     recipes.add_argument("--json", action="store_true")
 
-    plugins = sub.add_parser("plugins", help="list installed plugins with their stages, priors and restorers")
+    plugins = sub.add_parser(
+        "plugins", help="list installed plugins with their stages, priors and restorers"
+    )
     plugins.add_argument("--json", action="store_true")
 
     validate = sub.add_parser("validate", help="check a recipe and print it as it would run")
     validate.add_argument("recipe")
-    validate.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE")
+    validate.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE"
+    )
     validate.add_argument("--prior", help="specialise per_prior tables for this prior name")
 
     prior = sub.add_parser("prior", help="prior tools")
     prior_sub = prior.add_subparsers(dest="prior_command", required=True, parser_class=_Parser)
-    fit = prior_sub.add_parser("fit", help="fit a Gaussian (probabilistic PCA) prior from a folder of aligned faces")
+    fit = prior_sub.add_parser(
+        "fit", help="fit a Gaussian (probabilistic PCA) prior from a folder of aligned faces"
+    )
     fit.add_argument("folder")
     fit.add_argument("-o", "--output", required=True, help="output .pt file")
     fit.add_argument("--size", type=int, default=64)
     fit.add_argument("--components", type=int, default=32)
-    fit.add_argument("--no-flips", action="store_true", help="do not add horizontally flipped copies")
+    fit.add_argument(
+        "--no-flips", action="store_true", help="do not add horizontally flipped copies"
+    )
     fit.add_argument("--overwrite", action="store_true")
     from .cli_plugins import add_plugin_commands
 
@@ -88,7 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - last resort: one paragraph, not a traceback
         if debug:
             traceback.print_exc()
-        print(f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+        print(
+            f"error: unexpected {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
 
 
@@ -120,7 +173,14 @@ def _recipes(args: argparse.Namespace, registry) -> int:
     rows = []
     for name, (plugin, _) in sorted(recipe_index(registry).items()):
         _, raw, _ = load_raw(name, registry)
-        rows.append({"name": name, "plugin": plugin, "description": raw.get("description", ""), "stages": [s.get("use") for s in raw.get("stage", [])]})
+        rows.append(
+            {
+                "name": name,
+                "plugin": plugin,
+                "description": raw.get("description", ""),
+                "stages": [s.get("use") for s in raw.get("stage", [])],
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -135,7 +195,11 @@ def plugins_listing(registry) -> list[dict[str, Any]]:
 
     out = []
     for plugin, info in sorted(registry.plugins.items()):
-        entry: dict[str, Any] = {"name": plugin, "module": info.get("module"), "version": info.get("version")}
+        entry: dict[str, Any] = {
+            "name": plugin,
+            "module": info.get("module"),
+            "version": info.get("version"),
+        }
         entry["hook_api_version"] = plugin_api_version(info.get("module"))
         for kind in ("stage", "prior", "prior_backend", "restorer", "degradation"):
             names = info.get(kind, [])
@@ -182,7 +246,9 @@ def _validate(args: argparse.Namespace, registry) -> int:
 
         prior = load_prior(args.prior, registry)
         prior_name, prior_kind = prior.name, prior.kind
-    recipe = load_recipe(args.recipe, registry, args.overrides, prior_name=prior_name, prior_kind=prior_kind)
+    recipe = load_recipe(
+        args.recipe, registry, args.overrides, prior_name=prior_name, prior_kind=prior_kind
+    )
     print(f"{recipe.source}: valid")
     print(json.dumps(recipe.resolved(), indent=2, default=str))
     return 0
@@ -193,6 +259,13 @@ def _prior_fit(args: argparse.Namespace) -> int:
 
     from guidestack.plugins.priors.fit import fit_command
 
-    report = fit_command(args.folder, Path(args.output), args.size, args.components, not args.no_flips, overwrite=args.overwrite)
+    report = fit_command(
+        args.folder,
+        Path(args.output),
+        args.size,
+        args.components,
+        not args.no_flips,
+        overwrite=args.overwrite,
+    )
     print(json.dumps(report, indent=2, default=str))
     return 0

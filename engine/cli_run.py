@@ -8,6 +8,8 @@ an input that cannot be read or fails is reported and the others still run.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from .recipe import load_recipe
 from .registry import Registry
 from .run import derive_seed, run_recipe
 
+MANIFEST = "run.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 
 
@@ -54,9 +57,13 @@ def pick_device(name: str | None) -> torch.device:
         except RuntimeError as exc:
             raise UsageError(f"--device {name!r} is not a torch device ({exc})") from exc
         if device.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+            raise UsageError(
+                f"--device {name}: CUDA is not available on this machine; use --device cpu"
+            )
         if device.type == "mps" and not torch.backends.mps.is_available():
-            raise UsageError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+            raise UsageError(
+                f"--device {name}: MPS is not available on this machine; use --device cpu"
+            )
         return device
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -88,10 +95,15 @@ def companion(ref: str | None, item: Item, what: str) -> Path | None:
     path = Path(ref).expanduser()
     if path.is_dir():
         for suffix in IMAGE_SUFFIXES:
-            for candidate in (path / (item.path.stem + suffix), path / (item.path.stem + suffix.upper())):
+            for candidate in (
+                path / (item.path.stem + suffix),
+                path / (item.path.stem + suffix.upper()),
+            ):
                 if candidate.is_file():
                     return candidate
-        raise InputError(f"no {what} for {item.path.name} in folder {path} (expected {item.path.stem}.png or similar)")
+        raise InputError(
+            f"no {what} for {item.path.name} in folder {path} (expected {item.path.stem}.png or similar)"
+        )
     return path
 
 
@@ -101,7 +113,7 @@ def _planned(items: list[Item], trajectory: bool) -> list[str]:
         names += [f"{item.name}.png", f"{item.name}_compare.png"]
         if trajectory:
             names.append(f"{item.name}_trajectory.png")
-    return names + ["run.json"]
+    return names
 
 
 def _load(item: Item, args: argparse.Namespace) -> None:
@@ -147,23 +159,46 @@ def run_command(args: argparse.Namespace, registry: Registry) -> int:
     seen: dict[str, Path] = {}
     for item in items:
         if item.name in seen:
-            raise UsageError(f"inputs {seen[item.name]} and {item.path} would both write {item.name}.png; rename one")
+            raise UsageError(
+                f"inputs {seen[item.name]} and {item.path} would both write {item.name}.png; rename one"
+            )
         seen[item.name] = item.path
 
-    overrides = list(args.overrides) + ([f"sampler.steps={args.steps}"] if args.steps is not None else [])
+    overrides = list(args.overrides) + (
+        [f"sampler.steps={args.steps}"] if args.steps is not None else []
+    )
     draft = load_recipe(args.recipe, registry, overrides)
     device = pick_device(args.device)
-    prior = load_prior(args.prior or draft.prior.name, registry, device=device, dtype=args.dtype or draft.prior.dtype)
-    recipe = load_recipe(args.recipe, registry, overrides, prior_name=prior.name, prior_kind=prior.kind)
+    prior = load_prior(
+        args.prior or draft.prior.name,
+        registry,
+        device=device,
+        dtype=args.dtype or draft.prior.dtype,
+    )
+    recipe = load_recipe(
+        args.recipe, registry, overrides, prior_name=prior.name, prior_kind=prior.kind
+    )
     needs = _requirements(recipe, registry)
     if "mask" in needs and args.mask is None:
-        raise UsageError(f"recipe {recipe.source} needs a mask (white = missing): pass --mask FILE or --mask FOLDER")
+        raise UsageError(
+            f"recipe {recipe.source} needs a mask (white = missing): pass --mask FILE or --mask FOLDER"
+        )
     if "reference" in needs and args.reference is None:
-        raise UsageError(f"recipe {recipe.source} needs a reference image: pass --reference FILE or FOLDER")
+        raise UsageError(
+            f"recipe {recipe.source} needs a reference image: pass --reference FILE or FOLDER"
+        )
 
-    outdir = prepare_output_dir(Path(args.output), _planned(items, args.trajectory > 0), args.overwrite)
-
+    fingerprint = _fingerprint(recipe, prior, args)
+    outdir = Path(args.output)
+    finished = _finished_inputs(outdir, fingerprint) if args.resume else {}
     for item in items:
+        if item.name in finished:
+            item.status, item.info = "done", {**finished[item.name], "resumed": True}
+    todo = [item for item in items if item.status == "pending"]
+    planned = _planned(todo, args.trajectory > 0) + ([] if args.resume else [MANIFEST])
+    outdir = prepare_output_dir(outdir, planned, args.overwrite or args.resume)
+
+    for item in todo:
         try:
             _load(item, args)
         except InputError as exc:
@@ -177,18 +212,18 @@ def run_command(args: argparse.Namespace, registry: Registry) -> int:
         "prior": prior.describe(),
         "device": str(device),
         "seed": args.seed,
-        "inputs": [],
+        "fingerprint": fingerprint,
+        "inputs": [_item_report(i) for i in items],
     }
+    write_json(report, outdir / MANIFEST)  # the manifest exists before any work starts
     runnable = [item for item in items if item.status == "pending"]
     progress = Progress(enabled=not args.quiet)
     for start in range(0, len(runnable), args.batch_size):
         batch = runnable[start : start + args.batch_size]
         _run_batch(batch, recipe, prior, registry, device, outdir, args, progress)
         report["inputs"] = [_item_report(i) for i in items]
-        write_json(report, outdir / "run.json")
+        write_json(report, outdir / MANIFEST)
     progress.close()
-    report["inputs"] = [_item_report(i) for i in items]
-    write_json(report, outdir / "run.json")
 
     failed = [i for i in items if i.status != "done"]
     done = len(items) - len(failed)
@@ -196,6 +231,49 @@ def run_command(args: argparse.Namespace, registry: Registry) -> int:
     if any(i.status == "failed" for i in items):
         return 1
     return 2 if failed else 0
+
+
+def _fingerprint(recipe, prior, args: argparse.Namespace) -> str:
+    """What must be equal for a resumed run to continue the same computation."""
+    key = {
+        "recipe": recipe.resolved(),
+        "prior": prior.describe(),
+        "seed": args.seed,
+        "mask": args.mask,
+        "reference": args.reference,
+        "trajectory": args.trajectory,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _finished_inputs(outdir: Path, fingerprint: str) -> dict[str, dict[str, Any]]:
+    """Inputs a previous run of the same recipe, prior and seed finished (outputs present)."""
+    manifest = outdir / MANIFEST
+    if not manifest.is_file():
+        raise UsageError(
+            f"--resume: {manifest} does not exist; there is no run to resume in {outdir}"
+        )
+    try:
+        previous = json.loads(manifest.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"--resume: cannot read {manifest}: {exc}") from exc
+    if previous.get("fingerprint") != fingerprint:
+        raise UsageError(
+            f"--resume: {outdir} holds a run with another recipe, prior, seed, mask or reference; "
+            "resume with the same arguments, or choose another output folder"
+        )
+    finished = {}
+    for entry in previous.get("inputs", []):
+        outputs = entry.get("outputs", [])
+        if (
+            entry.get("status") == "done"
+            and outputs
+            and all((outdir / o).is_file() for o in outputs)
+        ):
+            finished[entry["name"]] = {
+                k: v for k, v in entry.items() if k not in ("name", "path", "seed", "status")
+            }
+    return finished
 
 
 def _requirements(recipe, registry: Registry) -> set[str]:
@@ -209,7 +287,9 @@ def _requirements(recipe, registry: Registry) -> set[str]:
     return needs
 
 
-def _run_batch(batch, recipe, prior, registry, device, outdir: Path, args, progress: Progress) -> None:
+def _run_batch(
+    batch, recipe, prior, registry, device, outdir: Path, args, progress: Progress
+) -> None:
     obs = _observation(batch, prior.image_size)
     frames: list[tuple[int, torch.Tensor]] = []
     label = batch[0].name if len(batch) == 1 else f"{batch[0].name} (+{len(batch) - 1})"
@@ -232,7 +312,9 @@ def _run_batch(batch, recipe, prior, registry, device, outdir: Path, args, progr
 
     started = time.perf_counter()
     try:
-        result, ctx = run_recipe(recipe, prior, obs, [i.seed for i in batch], registry, device=device, callback=callback)
+        result, ctx = run_recipe(
+            recipe, prior, obs, [i.seed for i in batch], registry, device=device, callback=callback
+        )
     except GuidestackError as exc:
         for item in batch:
             item.status, item.error = "failed", str(exc)
@@ -250,21 +332,30 @@ def _run_batch(batch, recipe, prior, registry, device, outdir: Path, args, progr
         panels.append(("output", output[k]))
         save_pil(compare_grid(panels), outdir / f"{item.name}_compare.png")
         if args.trajectory:
-            save_pil(trajectory_strip([(t, x0[k]) for t, x0 in frames]), outdir / f"{item.name}_trajectory.png")
+            save_pil(
+                trajectory_strip([(t, x0[k]) for t, x0 in frames]),
+                outdir / f"{item.name}_trajectory.png",
+            )
         item.status = "done"
         item.info.update(
             {
                 "seconds": elapsed / len(batch),
                 "model_calls": ctx.model_calls,
                 "start_t": ctx.report.get("start_t"),
-                "outputs": [f"{item.name}.png", f"{item.name}_compare.png"] + ([f"{item.name}_trajectory.png"] if args.trajectory else []),
+                "outputs": [f"{item.name}.png", f"{item.name}_compare.png"]
+                + ([f"{item.name}_trajectory.png"] if args.trajectory else []),
                 "stages": {k2: v for k2, v in ctx.report.items() if k2 not in ("grid", "seeds")},
             }
         )
 
 
 def _item_report(item: Item) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": item.name, "path": str(item.path), "seed": item.seed, "status": item.status}
+    out: dict[str, Any] = {
+        "name": item.name,
+        "path": str(item.path),
+        "seed": item.seed,
+        "status": item.status,
+    }
     if item.error:
         out["error"] = item.error
     if item.warnings:

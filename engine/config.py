@@ -53,7 +53,9 @@ class GuidanceConfig(StrictModel):
     window: tuple[int, int] = Field(
         (-1, 1000), description="guidance acts when lo < t <= hi (ORIGINAL timesteps)"
     )
-    repeats: int = Field(1, ge=1, le=100, description="gradient steps per timestep inside repeat_window")
+    repeats: int = Field(
+        1, ge=1, le=100, description="gradient steps per timestep inside repeat_window"
+    )
     repeat_window: tuple[int, int] = Field(
         (700, 1000), description="repeats apply when lo < t <= hi (ORIGINAL timesteps)"
     )
@@ -66,7 +68,7 @@ class GuidanceConfig(StrictModel):
     )
 
     @model_validator(mode="after")
-    def _windows_ordered(self) -> "GuidanceConfig":
+    def _windows_ordered(self) -> GuidanceConfig:
         for name in ("window", "repeat_window"):
             lo, hi = getattr(self, name)
             if lo >= hi:
@@ -77,7 +79,9 @@ class GuidanceConfig(StrictModel):
 class PriorConfig(StrictModel):
     """Which prior a recipe runs on by default; ``--prior`` overrides it."""
 
-    name: str = Field("gaussian-faces-64", description="registered name, file/folder path or hub id")
+    name: str = Field(
+        "gaussian-faces-64", description="registered name, file/folder path or hub id"
+    )
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="dtype the denoiser runs in"
     )

@@ -6,8 +6,9 @@ reader can see every way a stage can influence sampling by reading this file.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -34,13 +35,13 @@ class Observation:
     def batch_size(self) -> int:
         return int(self.image.shape[0])
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Observation":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Observation:
         def move(x: torch.Tensor | None) -> torch.Tensor | None:
             return None if x is None else x.to(device=device, dtype=dtype or x.dtype)
 
         return Observation(move(self.image), move(self.mask), move(self.reference), list(self.meta))
 
-    def select(self, index: slice | list[int]) -> "Observation":
+    def select(self, index: slice | list[int]) -> Observation:
         """The sub-batch ``index`` (used to run samples one by one and to split batches)."""
         idx = list(range(self.batch_size))[index] if isinstance(index, slice) else list(index)
 
@@ -76,7 +77,7 @@ class StepState:
     repeat: int = 0
     eps: torch.Tensor | None = None
     x0: torch.Tensor | None = None
-    output: "PriorOutput | None" = None
+    output: PriorOutput | None = None
     mean: torch.Tensor | None = None
     std: torch.Tensor | None = None
     variance: torch.Tensor | None = None
@@ -95,11 +96,11 @@ class RunContext:
     the stage id).  ``model_calls`` counts denoiser evaluations (for the run report).
     """
 
-    prior: "Prior"
+    prior: Prior
     observation: Observation
     timesteps: list[int]
-    sampler: "SamplerConfig"
-    guidance: "GuidanceConfig"
+    sampler: SamplerConfig
+    guidance: GuidanceConfig
     generators: list[torch.Generator]
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
@@ -138,7 +139,7 @@ class RunContext:
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         return self.randn(tuple(x.shape))
 
-    def denoise(self, x_t: torch.Tensor, t: int) -> "PriorOutput":
+    def denoise(self, x_t: torch.Tensor, t: int) -> PriorOutput:
         """One counted call of the prior at ORIGINAL timestep ``t`` (the same for the batch)."""
         ts = torch.full((x_t.shape[0],), int(t), device=x_t.device, dtype=torch.long)
         self.model_calls += 1

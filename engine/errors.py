@@ -63,13 +63,17 @@ class StageError(GuidestackError):
 
     exit_code = 1
 
-    def __init__(self, stage: str, hook: str, step: int | None, t: int | None, cause: BaseException):
+    def __init__(
+        self, stage: str, hook: str, step: int | None, t: int | None, cause: BaseException
+    ):
         self.stage = stage
         self.hook = hook
         self.step = step
         self.t = t
         where = f" at step {step} (t={t})" if step is not None else ""
-        super().__init__(f"stage '{stage}' failed in {hook}{where}: {type(cause).__name__}: {cause}")
+        super().__init__(
+            f"stage '{stage}' failed in {hook}{where}: {type(cause).__name__}: {cause}"
+        )
 
 
 class NonFiniteError(GuidestackError):

@@ -19,7 +19,9 @@ def per_sample_norm(x: torch.Tensor, per_channel: bool = False) -> torch.Tensor:
     return torch.linalg.vector_norm(x, dim=dims, keepdim=True)
 
 
-def mean_shift(mean: torch.Tensor, variance: torch.Tensor, grad: torch.Tensor, scale: float) -> torch.Tensor:
+def mean_shift(
+    mean: torch.Tensor, variance: torch.Tensor, grad: torch.Tensor, scale: float
+) -> torch.Tensor:
     """PGDiff's classifier-guidance style shift of the posterior mean: ``mu - s * Sigma * g``."""
     return mean - scale * variance * grad
 
@@ -41,7 +43,11 @@ def dynamic_update(
 def loss_gradient(total: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
     """``d sum(total) / d x0``, refusing NaN/inf so a broken loss cannot poison the image."""
     if not torch.isfinite(total).all():
-        bad = [i for i, v in enumerate(total.detach().flatten().tolist()) if v != v or abs(v) == float("inf")]
+        bad = [
+            i
+            for i, v in enumerate(total.detach().flatten().tolist())
+            if v != v or abs(v) == float("inf")
+        ]
         raise NonFiniteError(f"guidance loss is not finite for sample(s) {bad}")
     (grad,) = torch.autograd.grad(total.sum(), x0)
     if not torch.isfinite(grad).all():

@@ -57,7 +57,9 @@ class Prior(nn.Module):
     def num_train_timesteps(self) -> int:
         return int(self.alphas_cumprod.shape[0])
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> PriorOutput:  # pragma: no cover - abstract
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor
+    ) -> PriorOutput:  # pragma: no cover - abstract
         """Predict the noise in ``x_t`` at ORIGINAL timesteps ``t`` (long tensor of shape [N])."""
         raise NotImplementedError
 

@@ -20,7 +20,9 @@ from .registry import Registry
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def load_prior(ref: str, registry: Registry, device: torch.device | str = "cpu", dtype: str = "float32") -> Prior:
+def load_prior(
+    ref: str, registry: Registry, device: torch.device | str = "cpu", dtype: str = "float32"
+) -> Prior:
     """Load the prior named or located by ``ref`` onto ``device``."""
     entry = registry.get("prior", ref)
     if entry is not None:

@@ -18,7 +18,14 @@ class Progress:
     def start(self, label: str, total: int) -> None:
         self.close()
         if self.enabled:
-            self.bar = tqdm(total=total, desc=label, file=sys.stderr, unit="step", leave=True, dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total,
+                desc=label,
+                file=sys.stderr,
+                unit="step",
+                leave=True,
+                dynamic_ncols=True,
+            )
 
     def advance(self, postfix: dict[str, Any] | None = None) -> None:
         if self.bar is not None:

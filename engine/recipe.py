@@ -29,7 +29,16 @@ from .errors import RecipeError
 from .registry import Registry
 from .stage import StageOptions
 
-TOP_LEVEL_KEYS = ("description", "extends", "prior", "sampler", "guidance", "stage", "per_prior", "example")
+TOP_LEVEL_KEYS = (
+    "description",
+    "extends",
+    "prior",
+    "sampler",
+    "guidance",
+    "stage",
+    "per_prior",
+    "example",
+)
 _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "prior": PriorConfig,
     "sampler": SamplerConfig,
@@ -79,7 +88,9 @@ def _looks_like_path(ref: str) -> bool:
     return ref.endswith(".toml") or "/" in ref or "\\" in ref
 
 
-def read_recipe_file(ref: str, registry: Registry, relative_to: Path | None = None) -> tuple[str, dict[str, Any], Path | None]:
+def read_recipe_file(
+    ref: str, registry: Registry, relative_to: Path | None = None
+) -> tuple[str, dict[str, Any], Path | None]:
     """Read one recipe (no ``extends`` resolution): ``(label, raw dict, folder for relative paths)``."""
     if _looks_like_path(ref):
         path = Path(ref).expanduser()
@@ -95,7 +106,12 @@ def read_recipe_file(ref: str, registry: Registry, relative_to: Path | None = No
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "."
             raise RecipeError(
                 ref,
-                [("", f"unknown recipe '{ref}'{hint} `guidestack recipes` lists them; a file path must end in .toml")],
+                [
+                    (
+                        "",
+                        f"unknown recipe '{ref}'{hint} `guidestack recipes` lists them; a file path must end in .toml",
+                    )
+                ],
             )
         _, item = index[ref]
         label, text, base = f"{ref} (built-in)", item.read_text(encoding="utf-8"), None
@@ -124,11 +140,16 @@ def deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_raw(ref: str, registry: Registry, relative_to: Path | None = None, _chain: tuple[str, ...] = ()) -> tuple[str, dict[str, Any], Path | None]:
+def load_raw(
+    ref: str, registry: Registry, relative_to: Path | None = None, _chain: tuple[str, ...] = ()
+) -> tuple[str, dict[str, Any], Path | None]:
     """Read ``ref`` and merge its ``extends`` chain."""
     label, raw, base_dir = read_recipe_file(ref, registry, relative_to)
     if label in _chain:
-        raise RecipeError(label, [("extends", "recipes extend each other in a cycle: " + " -> ".join((*_chain, label)))])
+        raise RecipeError(
+            label,
+            [("extends", "recipes extend each other in a cycle: " + " -> ".join((*_chain, label)))],
+        )
     parent = raw.get("extends")
     if parent is None:
         return label, raw, base_dir
@@ -139,7 +160,9 @@ def load_raw(ref: str, registry: Registry, relative_to: Path | None = None, _cha
     except RecipeError as exc:
         if exc.source == label or "cycle" in str(exc):
             raise
-        problems = [(f"extends ({exc.source})" + (f".{p}" if p else ""), m) for p, m in exc.problems]
+        problems = [
+            (f"extends ({exc.source})" + (f".{p}" if p else ""), m) for p, m in exc.problems
+        ]
         raise RecipeError(label, problems) from exc
     merged = deep_merge(base_raw, {k: v for k, v in raw.items() if k != "extends"})
     if "description" not in raw:
@@ -195,9 +218,20 @@ def set_path(raw: dict[str, Any], path: str, value: Any, label: str) -> None:
                 pos = _stage_position(stages, parts[i])
                 if pos is None:
                     known = [s.get("id", s.get("use")) for s in stages]
-                    raise RecipeError(label, [(path, f"no stage with id '{parts[i]}' (stages: {', '.join(map(str, known)) or 'none'})")])
+                    raise RecipeError(
+                        label,
+                        [
+                            (
+                                path,
+                                f"no stage with id '{parts[i]}' (stages: {', '.join(map(str, known)) or 'none'})",
+                            )
+                        ],
+                    )
             if pos >= len(stages):
-                raise RecipeError(label, [(path, f"stage index {pos} out of range (the recipe has {len(stages)})")])
+                raise RecipeError(
+                    label,
+                    [(path, f"stage index {pos} out of range (the recipe has {len(stages)})")],
+                )
             node = stages[pos]
         else:
             if not isinstance(node, dict):
@@ -221,7 +255,9 @@ def flatten(table: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return items
 
 
-def apply_per_prior(raw: dict[str, Any], prior_name: str, prior_kind: str, label: str) -> dict[str, Any]:
+def apply_per_prior(
+    raw: dict[str, Any], prior_name: str, prior_kind: str, label: str
+) -> dict[str, Any]:
     """Merge ``[per_prior.<kind>]`` then ``[per_prior.<name>]`` (more specific wins)."""
     out = copy.deepcopy(raw)
     table = out.pop("per_prior", {}) or {}
@@ -254,13 +290,17 @@ def _errors(prefix: str, exc: ValidationError, model: type[BaseModel]) -> list[t
     return out
 
 
-def validate(raw: dict[str, Any], registry: Registry, label: str, base_dir: Path | None = None) -> Recipe:
+def validate(
+    raw: dict[str, Any], registry: Registry, label: str, base_dir: Path | None = None
+) -> Recipe:
     """Validate a merged recipe dict; raise one :class:`RecipeError` listing every problem."""
     problems: list[tuple[str, str]] = []
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
             close = difflib.get_close_matches(key, TOP_LEVEL_KEYS, n=1)
-            problems.append((key, "unknown top-level key" + (f"; did you mean '{close[0]}'?" if close else "")))
+            problems.append(
+                (key, "unknown top-level key" + (f"; did you mean '{close[0]}'?" if close else ""))
+            )
     description = raw.get("description")
     if not isinstance(description, str) or not description.strip():
         problems.append(("description", "every recipe needs a non-empty description string"))
@@ -298,7 +338,9 @@ def validate(raw: dict[str, Any], registry: Registry, label: str, base_dir: Path
     )
 
 
-def _validate_stages(entries: Any, registry: Registry) -> tuple[list[StageOptions], list[tuple[str, str]]]:
+def _validate_stages(
+    entries: Any, registry: Registry
+) -> tuple[list[StageOptions], list[tuple[str, str]]]:
     problems: list[tuple[str, str]] = []
     stages: list[StageOptions] = []
     if not isinstance(entries, list):
@@ -312,12 +354,21 @@ def _validate_stages(entries: Any, registry: Registry) -> tuple[list[StageOption
             continue
         use = entry.get("use")
         if not isinstance(use, str):
-            problems.append((f"{where}.use", "missing: name the stage plugin to use (`guidestack plugins` lists them)"))
+            problems.append(
+                (
+                    f"{where}.use",
+                    "missing: name the stage plugin to use (`guidestack plugins` lists them)",
+                )
+            )
             continue
         cls = registry.stage(use)
         if cls is None:
             close = difflib.get_close_matches(use, known, n=3)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "; `guidestack plugins` lists the installed ones"
+            hint = (
+                f"; did you mean {', '.join(repr(c) for c in close)}?"
+                if close
+                else "; `guidestack plugins` lists the installed ones"
+            )
             problems.append((f"{where}.use", f"unknown stage '{use}'{hint}"))
             continue
         try:
@@ -328,13 +379,20 @@ def _validate_stages(entries: Any, registry: Registry) -> tuple[list[StageOption
         problems.extend(_validate_nested_refs(where, options, registry))
         sid = options.id or use
         if sid in ids:
-            problems.append((f"{where}.id", f"two stages are called '{sid}' (stage[{ids[sid]}] too); give one an `id`"))
+            problems.append(
+                (
+                    f"{where}.id",
+                    f"two stages are called '{sid}' (stage[{ids[sid]}] too); give one an `id`",
+                )
+            )
         ids[sid] = i
         stages.append(options)
     return stages, problems
 
 
-def _validate_nested_refs(where: str, options: BaseModel, registry: Registry) -> list[tuple[str, str]]:
+def _validate_nested_refs(
+    where: str, options: BaseModel, registry: Registry
+) -> list[tuple[str, str]]:
     """Validate plugin references inside stage options (e.g. ``restorer = {use = ...}``)."""
     from .refs import PluginRef  # local: refs imports registry lookups lazily
 
@@ -346,18 +404,36 @@ def _validate_nested_refs(where: str, options: BaseModel, registry: Registry) ->
     return problems
 
 
-def _cross_checks(sections: dict[str, BaseModel], stages: list[StageOptions], registry: Registry) -> list[tuple[str, str]]:
+def _cross_checks(
+    sections: dict[str, BaseModel], stages: list[StageOptions], registry: Registry
+) -> list[tuple[str, str]]:
     """Problems that involve several sections (reported only when each section is valid)."""
     problems: list[tuple[str, str]] = []
     for hook in ("initial_latent", "optimise"):
         owners = [s.id or s.use for s in stages if hook in (registry.get("stage", s.use).hooks)]
         if len(owners) > 1:
-            problems.append(("stage", f"stages {' and '.join(repr(o) for o in owners)} both implement {hook}; a recipe may combine only one such stage"))
+            problems.append(
+                (
+                    "stage",
+                    f"stages {' and '.join(repr(o) for o in owners)} both implement {hook}; a recipe may combine only one such stage",
+                )
+            )
     sampler: SamplerConfig = sections["sampler"]  # type: ignore[assignment]
     guidance: GuidanceConfig = sections["guidance"]  # type: ignore[assignment]
     guides = any("guidance_loss" in registry.get("stage", s.use).hooks for s in stages)
-    if guides and guidance.rule == "mean_shift" and sampler.kind == "ddim" and sampler.eta == 0 and guidance.scale > 0:
-        problems.append(("guidance.rule", "mean_shift scales the step's variance, which is zero for DDIM with eta = 0; use sampler.kind = \"ddpm\", eta > 0, or rule \"dynamic\"/\"x0\""))
+    if (
+        guides
+        and guidance.rule == "mean_shift"
+        and sampler.kind == "ddim"
+        and sampler.eta == 0
+        and guidance.scale > 0
+    ):
+        problems.append(
+            (
+                "guidance.rule",
+                'mean_shift scales the step\'s variance, which is zero for DDIM with eta = 0; use sampler.kind = "ddpm", eta > 0, or rule "dynamic"/"x0"',
+            )
+        )
     return problems
 
 

@@ -38,7 +38,12 @@ class PluginRef(BaseModel):
             entry.options.model_validate(self.options_dict())
         except ValidationError as exc:
             return [
-                (where + "".join(f".{p}" for p in err["loc"]), err["msg"] if err["type"] != "extra_forbidden" else f"unknown field '{err['loc'][-1]}'")
+                (
+                    where + "".join(f".{p}" for p in err["loc"]),
+                    err["msg"]
+                    if err["type"] != "extra_forbidden"
+                    else f"unknown field '{err['loc'][-1]}'",
+                )
                 for err in exc.errors()
             ]
         return []

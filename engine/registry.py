@@ -74,8 +74,12 @@ class Registry:
 
     def add_stage(self, cls: type[Stage]) -> None:
         """Register a :class:`Stage` subclass under ``cls.name``."""
-        hooks = tuple(h for h in hookspecs.RUN_HOOKS if hasattr(getattr(cls, h, None), "guidestack_impl"))
-        self._add(Entry("stage", cls.name, cls, cls.Options, cls.description, self.current_plugin, hooks))
+        hooks = tuple(
+            h for h in hookspecs.RUN_HOOKS if hasattr(getattr(cls, h, None), "guidestack_impl")
+        )
+        self._add(
+            Entry("stage", cls.name, cls, cls.Options, cls.description, self.current_plugin, hooks)
+        )
 
     def add_prior(
         self,
@@ -96,15 +100,21 @@ class Registry:
     ) -> None:
         """Register a prior backend: ``claims(ref)`` says whether ``load(ref, device=, dtype=)``
         understands a ``--prior`` reference that is not a registered name (a path, a hub id)."""
-        self._add(Entry("prior_backend", name, (claims, load), None, description, self.current_plugin))
+        self._add(
+            Entry("prior_backend", name, (claims, load), None, description, self.current_plugin)
+        )
 
     def add_restorer(self, cls: type) -> None:
         """Register a restorer class (``name``, ``description``, ``Options``)."""
-        self._add(Entry("restorer", cls.name, cls, cls.Options, cls.description, self.current_plugin))
+        self._add(
+            Entry("restorer", cls.name, cls, cls.Options, cls.description, self.current_plugin)
+        )
 
     def add_degradation(self, cls: type) -> None:
         """Register a degradation operator class (``name``, ``description``, ``Options``)."""
-        self._add(Entry("degradation", cls.name, cls, cls.Options, cls.description, self.current_plugin))
+        self._add(
+            Entry("degradation", cls.name, cls, cls.Options, cls.description, self.current_plugin)
+        )
 
     def add_recipes(self, folder: Traversable | Path) -> None:
         """Add a folder of ``*.toml`` recipes (e.g. ``importlib.resources.files(pkg)``)."""

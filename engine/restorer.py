@@ -32,17 +32,28 @@ class Restorer:
         self.options = options if options is not None else self.Options()
         self.calls = 0
 
-    def restore(self, y: torch.Tensor, x_t: torch.Tensor | None = None, t: int | None = None) -> torch.Tensor:
+    def restore(
+        self, y: torch.Tensor, x_t: torch.Tensor | None = None, t: int | None = None
+    ) -> torch.Tensor:
         """Return an estimate of the clean image for ``y`` ([N,C,H,W] in [-1, 1])."""
         raise NotImplementedError
 
-    def __call__(self, y: torch.Tensor, x_t: torch.Tensor | None = None, t: int | None = None) -> torch.Tensor:
+    def __call__(
+        self, y: torch.Tensor, x_t: torch.Tensor | None = None, t: int | None = None
+    ) -> torch.Tensor:
         self.calls += 1
         with torch.no_grad():
             return self.restore(y, x_t, t).clamp(-1.0, 1.0)
 
 
-def restore(ctx: RunContext, key: str, restorer: Restorer, y: torch.Tensor, x_t: torch.Tensor | None = None, t: int | None = None) -> torch.Tensor:
+def restore(
+    ctx: RunContext,
+    key: str,
+    restorer: Restorer,
+    y: torch.Tensor,
+    x_t: torch.Tensor | None = None,
+    t: int | None = None,
+) -> torch.Tensor:
     """Call ``restorer`` once per run when its output ignores ``t``; ``key`` names the cache slot."""
     if restorer.depends_on_t:
         return restorer(y, x_t, t)

@@ -60,8 +60,14 @@ def run_recipe(
 ) -> tuple[RunResult, RunContext]:
     """Restore ``observation`` (a batch) with ``recipe``; one seed per sample."""
     if len(seeds) != observation.batch_size:
-        raise ValueError(f"need one seed per sample: {len(seeds)} seeds for {observation.batch_size} images")
-    device = torch.device(device) if device is not None else next(iter(prior.buffers()), torch.empty(0)).device
+        raise ValueError(
+            f"need one seed per sample: {len(seeds)} seeds for {observation.batch_size} images"
+        )
+    device = (
+        torch.device(device)
+        if device is not None
+        else next(iter(prior.buffers()), torch.empty(0)).device
+    )
     ctx = RunContext(
         prior=prior,
         observation=observation.to(device),
@@ -84,4 +90,6 @@ def run_recipe(
 
 def summary(ctx: RunContext) -> dict[str, Any]:
     """JSON-able facts of a finished run."""
-    return {k: v for k, v in ctx.report.items() if isinstance(v, (int, float, str, list, dict, bool))}
+    return {
+        k: v for k, v in ctx.report.items() if isinstance(v, (int, float, str, list, dict, bool))
+    }

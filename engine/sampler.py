@@ -33,7 +33,9 @@ from .loop_api import RunResult
 from .stageset import StageSet
 
 
-def grid_for(sampler: SamplerConfig, num_train_timesteps: int, start: int | None = None) -> list[int]:
+def grid_for(
+    sampler: SamplerConfig, num_train_timesteps: int, start: int | None = None
+) -> list[int]:
     """The ORIGINAL timesteps a sampler configuration visits, from ``start`` (default: the
     configured start, else the top of the schedule) down to the last grid point.
 
@@ -42,7 +44,9 @@ def grid_for(sampler: SamplerConfig, num_train_timesteps: int, start: int | None
     """
     start = sampler.start if start is None else start
     if sampler.kind == "ddim":
-        return schedules.ddim_timesteps(sampler.steps, num_train_timesteps, start=start, spacing=sampler.spacing)
+        return schedules.ddim_timesteps(
+            sampler.steps, num_train_timesteps, start=start, spacing=sampler.spacing
+        )
     grid = schedules.respaced_timesteps(sampler.steps, num_train_timesteps)
     if start is None:
         return grid
@@ -100,7 +104,11 @@ class Loop:
 
     def _repeats(self, t: int) -> int:
         g = self.ctx.guidance
-        if g.repeats > 1 and self.stages.has("guidance_loss") and schedules.window_contains(g.repeat_window, t):
+        if (
+            g.repeats > 1
+            and self.stages.has("guidance_loss")
+            and schedules.window_contains(g.repeat_window, t)
+        ):
             return g.repeats
         return 1
 
@@ -184,7 +192,9 @@ class Loop:
         for _ in self.stages.call("project", ctx=ctx, state=state, **kw):
             pass
         if not torch.isfinite(state.x_prev).all():
-            raise NonFiniteError(f"the latent became NaN or infinite at step {state.index} (t={state.t})")
+            raise NonFiniteError(
+                f"the latent became NaN or infinite at step {state.index} (t={state.t})"
+            )
         return state.x_prev
 
     def _moments(self, state: StepState, abar_t: float, abar_prev: float) -> None:
@@ -203,7 +213,13 @@ class Loop:
             if state.t_prev < 0 and state.index > 0:
                 above = ctx.abar(self.grid[state.index - 1])
             mean, variance = steps.ddpm_mean_variance(
-                state.x0, state.x_t, abar_t, abar_prev, kind=kind, variance_values=values, abar_above=above
+                state.x0,
+                state.x_t,
+                abar_t,
+                abar_prev,
+                kind=kind,
+                variance_values=values,
+                abar_above=above,
             )
             state.mean, state.variance = mean, variance
             state.std = variance.sqrt()

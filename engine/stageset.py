@@ -36,7 +36,10 @@ class StageSet:
             if len(owners) > 1:
                 names = " and ".join(f"'{s.id}'" for s in owners)
                 problems.append(
-                    ("stage", f"{names} both implement {hook}; a recipe may have only one such stage")
+                    (
+                        "stage",
+                        f"{names} both implement {hook}; a recipe may have only one such stage",
+                    )
                 )
         if problems:
             raise RecipeError(source, problems)
@@ -61,7 +64,9 @@ class StageSet:
     def owners(self, hook: str) -> list[Stage]:
         return [stage for stage, _, _ in self._impls[hook]]
 
-    def call(self, hook: str, *, step: int | None = None, t: int | None = None, **kwargs: Any) -> Iterator[tuple[Stage, Any]]:
+    def call(
+        self, hook: str, *, step: int | None = None, t: int | None = None, **kwargs: Any
+    ) -> Iterator[tuple[Stage, Any]]:
         """Call ``hook`` on every implementing stage in recipe order, yielding ``(stage, result)``.
 
         Any exception that is not already a project error is wrapped in :class:`StageError`

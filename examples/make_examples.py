@@ -45,7 +45,12 @@ def main(skimage_data: str, mpl_sample: str) -> None:
     sources = {"astronaut.png": Path(skimage_data), "grace_hopper.jpg": Path(mpl_sample)}
     gen = torch.Generator().manual_seed(0)
     for name, (file, box) in CROPS.items():
-        img = Image.open(sources[file] / file).convert("RGB").crop(box).resize((SIZE, SIZE), Image.LANCZOS)
+        img = (
+            Image.open(sources[file] / file)
+            .convert("RGB")
+            .crop(box)
+            .resize((SIZE, SIZE), Image.LANCZOS)
+        )
         clean = _tensor(img)
         _save(clean, HERE / f"{name}.png")
         blurred = kornia.filters.gaussian_blur2d(clean, (9, 9), (2.0, 2.0))

@@ -3,14 +3,13 @@ plugin would (through the ``register`` hook), so the built-ins prove the plugin 
 
 from __future__ import annotations
 
+import importlib
 import os
 from importlib.resources import files
 from pathlib import Path
 
 from guidestack.engine.hookspecs import hookimpl
 from guidestack.engine.registry import Registry
-
-import importlib
 
 from .restorers.classical import CLASSICAL_RESTORERS
 from .restorers.torch_module import TorchModuleRestorer
@@ -24,6 +23,8 @@ FAMILIES = (
     "guidestack.plugins.degradations.operators",
     "guidestack.plugins.stages.odedit",
     "guidestack.plugins.stages.projections",
+    "guidestack.plugins.priors.adm",
+    "guidestack.plugins.restorers.learned",
 )
 
 
@@ -37,7 +38,13 @@ def _load_shipped_gaussian(name: str):
 
 
 def _claims_gaussian_file(ref: str) -> bool:
-    return ref.endswith(".pt")
+    """``.pt`` files, except plain state dicts (network checkpoints such as DPS's ffhq_10m.pt,
+    which the ``adm`` backend recognises); peeking is cheap, the file is memory-mapped."""
+    if not ref.endswith(".pt"):
+        return False
+    from .checkpoints import peek_shapes
+
+    return not Path(ref).expanduser().is_file() or peek_shapes(ref) is None
 
 
 def _load_gaussian_file(ref: str, device="cpu", dtype="float32"):
@@ -55,6 +62,8 @@ def _claims_diffusers(ref: str) -> bool:
     path = Path(ref).expanduser()
     if path.is_dir():
         return True
+    if path.is_file():  # a diffusers model is a folder; files belong to other backends
+        return False
     parts = ref.split("/")
     looks_like_hub_id = len(parts) == 2 and all(parts) and not ref.startswith((".", "~", os.sep))
     return looks_like_hub_id or ref.startswith((".", "~", os.sep))
@@ -74,7 +83,10 @@ def register(registry: Registry) -> None:
         "closed-form probabilistic-PCA face prior, 64x64 RGB, runs offline in seconds (docs/prior.md)",
     )
     registry.add_prior_backend(
-        "gaussian-file", _claims_gaussian_file, _load_gaussian_file, "a Gaussian prior file (.pt) made by `guidestack prior fit`"
+        "gaussian-file",
+        _claims_gaussian_file,
+        _load_gaussian_file,
+        "a Gaussian prior file (.pt) made by `guidestack prior fit`",
     )
     registry.add_prior_backend(
         "diffusers",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -62,7 +63,9 @@ def unwrap_state_dict(obj: object, source: str = "checkpoint") -> dict[str, torc
     return state
 
 
-def read_state_dict(path: str | Path, error: type[GuidestackError] = PriorUnavailable) -> dict[str, torch.Tensor]:
+def read_state_dict(
+    path: str | Path, error: type[GuidestackError] = PriorUnavailable
+) -> dict[str, torch.Tensor]:
     """Load the weights in ``path`` on the CPU (memory-mapped when possible)."""
     path = Path(path).expanduser()
     if not path.is_file():
@@ -73,7 +76,9 @@ def read_state_dict(path: str | Path, error: type[GuidestackError] = PriorUnavai
         except RuntimeError:  # files written before torch 1.6 cannot be memory-mapped
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
-        raise error(f"{path} is not a readable torch checkpoint: {type(exc).__name__}: {exc}") from exc
+        raise error(
+            f"{path} is not a readable torch checkpoint: {type(exc).__name__}: {exc}"
+        ) from exc
     try:
         return unwrap_state_dict(obj, str(path))
     except ValueError as exc:
@@ -118,7 +123,35 @@ def shape_problems(
     return problems
 
 
-def matches(expected: Mapping[str, tuple[int, ...]], found: Mapping[str, tuple[int, ...]], optional: tuple[str, ...] = ()) -> bool:
+def fit_state_dict(
+    expected: Mapping[str, tuple[int, ...]],
+    state: Mapping[str, torch.Tensor],
+    prefixes: tuple[str, ...] = ("generator.", "net_g.", "model."),
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """``state`` as is, or with one wrapper prefix removed, whichever holds every expected key
+    with the expected shape; returns it and the extra keys it carries (ignored, as the official
+    loaders' ``strict=False`` does).  Falls back to ``state`` unchanged (the caller then reports
+    the differences)."""
+    candidates = [dict(state)]
+    for prefix in prefixes:
+        if any(k.startswith(prefix) for k in state):
+            candidates.append(
+                {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+            )
+    for candidate in candidates:
+        if all(
+            k in candidate and tuple(candidate[k].shape) == tuple(s) for k, s in expected.items()
+        ):
+            extra = [k for k in candidate if k not in expected]
+            return {k: v for k, v in candidate.items() if k in expected}, extra
+    return dict(state), []
+
+
+def matches(
+    expected: Mapping[str, tuple[int, ...]],
+    found: Mapping[str, tuple[int, ...]],
+    optional: tuple[str, ...] = (),
+) -> bool:
     return not shape_problems(expected, found, optional)
 
 
@@ -132,7 +165,9 @@ def load_exact(
     """Load ``state`` into ``module`` (built on any device, ``meta`` included) or raise ``error``
     saying exactly what differs.  Tensors are assigned, not copied, so a memory-mapped file is
     not duplicated in memory; floating tensors are cast to float32."""
-    problems = shape_problems(module_shapes(module), {k: tuple(v.shape) for k, v in state.items()}, optional)
+    problems = shape_problems(
+        module_shapes(module), {k: tuple(v.shape) for k, v in state.items()}, optional
+    )
     if problems:
         raise error(f"{what}: the file does not fit the architecture: " + "; ".join(problems))
     own = module.state_dict()
@@ -147,18 +182,30 @@ def load_exact(
     return module
 
 
-def missing_file_message(
-    what: str,
-    filename: str,
-    url: str,
-    licence: str,
-    alternative: str,
-) -> str:
+@dataclass(frozen=True)
+class ModelCard:
+    """Where a weight file comes from and under which terms (rendered in docs/models.md)."""
+
+    filename: str
+    url: str
+    licence: str
+    used_by: str
+    #: how to fetch it when a plain ``curl`` cannot (Google Drive); ``{dest}`` is the target
+    command: str | None = None
+
+    def download_command(self, folder: Path | None = None) -> str:
+        folder = models_dir() if folder is None else folder
+        dest = folder / self.filename
+        fetch = self.command.format(dest=dest) if self.command else f"curl -L -o {dest} {self.url}"
+        return f"mkdir -p {folder} && {fetch}"
+
+
+def missing_file_message(what: str, card: ModelCard, alternative: str) -> str:
     """The paragraph shown when a named model's weights are not on this machine."""
     folder = models_dir()
     return (
-        f"{what} needs the weight file {filename}, which is not in {folder} (set {MODELS_ENV} to "
-        f"use another folder). Download it once on a machine with internet: "
-        f"`mkdir -p {folder} && curl -L -o {folder / filename} {url}` and copy it there. "
-        f"Licence: {licence}. {alternative}"
+        f"{what} needs the weight file {card.filename}, which is not in {folder} (set "
+        f"{MODELS_ENV} to use another folder). Download it once on a machine with internet "
+        f"({card.url}): `{card.download_command(folder)}`, and copy it there. "
+        f"Licence: {card.licence}. {alternative}"
     )

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import numpy as np
+from conftest import EXAMPLES, shared
 from PIL import Image
 
-from conftest import EXAMPLES, shared
 from guidestack.engine.cli import main
 
 PRIOR = ["--prior", "gaussian-faces-64"]
@@ -18,7 +18,22 @@ PRIOR = ["--prior", "gaussian-faces-64"]
 def test_restore_real_face_end_to_end(tmp_path, capsys):
     face = shared("faces", "hq", "ddnm_celebahq_00234.png")
     out = tmp_path / "out"
-    code = main(["run", "restore", str(face), "-o", str(out), *PRIOR, "--steps", "20", "--trajectory", "5", "--seed", "3"])
+    code = main(
+        [
+            "run",
+            "restore",
+            str(face),
+            "-o",
+            str(out),
+            *PRIOR,
+            "--steps",
+            "20",
+            "--trajectory",
+            "5",
+            "--seed",
+            "3",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 0, err
     name = face.stem
@@ -41,7 +56,9 @@ def test_batch_size_does_not_change_results(tmp_path):
     inputs = [EXAMPLES / "astronaut_degraded.png", EXAMPLES / "grace_hopper_degraded.png"]
     a, b = tmp_path / "a", tmp_path / "b"
     common = ["--steps", "10", "--quiet", *PRIOR]
-    assert main(["run", "restore", *map(str, inputs), "-o", str(a), "--batch-size", "2", *common]) == 0
+    assert (
+        main(["run", "restore", *map(str, inputs), "-o", str(a), "--batch-size", "2", *common]) == 0
+    )
     assert main(["run", "restore", str(inputs[1]), "-o", str(b), *common]) == 0
     x = np.asarray(Image.open(a / "grace_hopper_degraded.png"))
     y = np.asarray(Image.open(b / "grace_hopper_degraded.png"))
@@ -51,7 +68,24 @@ def test_batch_size_does_not_change_results(tmp_path):
 def test_seed_changes_result(tmp_path):
     src = str(EXAMPLES / "astronaut_degraded.png")
     for seed in ("1", "2"):
-        assert main(["run", "sample", src, "-o", str(tmp_path / seed), "--seed", seed, "--steps", "5", "--quiet", *PRIOR]) == 0
+        assert (
+            main(
+                [
+                    "run",
+                    "sample",
+                    src,
+                    "-o",
+                    str(tmp_path / seed),
+                    "--seed",
+                    seed,
+                    "--steps",
+                    "5",
+                    "--quiet",
+                    *PRIOR,
+                ]
+            )
+            == 0
+        )
     one = np.asarray(Image.open(tmp_path / "1" / "astronaut_degraded.png"))
     two = np.asarray(Image.open(tmp_path / "2" / "astronaut_degraded.png"))
     assert not np.array_equal(one, two)
@@ -79,7 +113,11 @@ def test_validate_prints_resolved_recipe(capsys):
 
 
 def test_console_script_and_exit_codes(tmp_path):
-    ok = subprocess.run([sys.executable, "-m", "guidestack", "validate", "sample"], capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "guidestack", "validate", "sample"], capture_output=True, text=True
+    )
     assert ok.returncode == 0, ok.stderr
-    usage = subprocess.run([sys.executable, "-m", "guidestack", "run"], capture_output=True, text=True)
+    usage = subprocess.run(
+        [sys.executable, "-m", "guidestack", "run"], capture_output=True, text=True
+    )
     assert usage.returncode == 2 and "error:" in usage.stderr and "Traceback" not in usage.stderr

@@ -22,7 +22,9 @@ def round_trip(prior, x0: torch.Tensor, n_steps: int) -> torch.Tensor:
         x = steps.ddim_invert_step(x, eps, float(abar[t]), float(abar[t_next]))
     for t, t_prev in zip(grid[::-1][:-1], grid[::-1][1:], strict=True):
         eps = prior(x, ts(t)).eps
-        x = steps.ddim_step(x, eps, float(abar[t]), float(abar[t_prev]), eta=0.0, clip_x0=False).x_prev
+        x = steps.ddim_step(
+            x, eps, float(abar[t]), float(abar[t_prev]), eta=0.0, clip_x0=False
+        ).x_prev
     return x
 
 
@@ -39,7 +41,10 @@ def faces(face_prior):
 
 @pytest.fixture(scope="module")
 def errors(face_prior, faces):
-    return {n: (round_trip(face_prior, faces, n) - faces).abs().mean().item() for n in (50, 100, 200, 400)}
+    return {
+        n: (round_trip(face_prior, faces, n) - faces).abs().mean().item()
+        for n in (50, 100, 200, 400)
+    }
 
 
 def test_round_trip_error_at_200_steps(errors):

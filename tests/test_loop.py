@@ -41,7 +41,11 @@ def obs(n, size=8):
 
 def test_stages_run_in_recipe_order(reg, prior):
     toys.CALLS.clear()
-    r = recipe(reg, [{"use": "rec-b"}, {"use": "rec-c"}, {"use": "rec-a"}], sampler={"kind": "ddpm", "steps": 2})
+    r = recipe(
+        reg,
+        [{"use": "rec-b"}, {"use": "rec-c"}, {"use": "rec-a"}],
+        sampler={"kind": "ddpm", "steps": 2},
+    )
     run_recipe(r, prior, obs(1), [0], reg)
     per_hook: dict[str, list[str]] = {}
     for sid, hook in toys.CALLS:
@@ -59,7 +63,10 @@ def test_stages_run_in_recipe_order(reg, prior):
     [
         ({"kind": "ddpm", "steps": 20}, {"rule": "mean_shift", "scale": 0.5}),
         ({"kind": "ddim", "steps": 20, "eta": 0.7}, {"rule": "dynamic_channel", "scale": 0.05}),
-        ({"kind": "ddim", "steps": 20, "eta": 0.0}, {"rule": "dynamic", "scale": 0.05, "repeats": 2}),
+        (
+            {"kind": "ddim", "steps": 20, "eta": 0.0},
+            {"rule": "dynamic", "scale": 0.05, "repeats": 2},
+        ),
     ],
 )
 def test_batch_equals_single_runs_bitwise(reg, prior, sampler, guidance):
@@ -73,8 +80,12 @@ def test_batch_equals_single_runs_bitwise(reg, prior, sampler, guidance):
 
 
 def test_model_calls_equal_steps_plus_repeats(reg, prior):
-    r = recipe(reg, [{"use": "pull-to-zero"}], sampler={"kind": "ddpm", "steps": 50},
-               guidance={"repeats": 3, "repeat_window": [700, 1000]})
+    r = recipe(
+        reg,
+        [{"use": "pull-to-zero"}],
+        sampler={"kind": "ddpm", "steps": 50},
+        guidance={"repeats": 3, "repeat_window": [700, 1000]},
+    )
     _, ctx = run_recipe(r, prior, obs(1), [0], reg)
     in_window = sum(1 for t in ctx.report["grid"] if 700 < t <= 1000)
     assert ctx.model_calls == 50 + 2 * in_window
@@ -83,21 +94,35 @@ def test_model_calls_equal_steps_plus_repeats(reg, prior):
 
 def test_respaced_repeat_window_uses_original_units(reg, prior):
     """With 10 respaced steps the window 700 < t <= 1000 still holds three grid points."""
-    r = recipe(reg, [{"use": "pull-to-zero"}], sampler={"kind": "ddpm", "steps": 10}, guidance={"repeats": 2})
+    r = recipe(
+        reg,
+        [{"use": "pull-to-zero"}],
+        sampler={"kind": "ddpm", "steps": 10},
+        guidance={"repeats": 2},
+    )
     _, ctx = run_recipe(r, prior, obs(1), [0], reg)
     assert ctx.model_calls == 10 + sum(1 for t in ctx.report["grid"] if t > 700) >= 12
 
 
 def test_guidance_pulls_towards_lower_loss(reg, prior):
     base = recipe(reg, [], sampler={"kind": "ddpm", "steps": 20})
-    guided = recipe(reg, [{"use": "pull-to-zero"}], sampler={"kind": "ddpm", "steps": 20}, guidance={"scale": 2.0})
+    guided = recipe(
+        reg,
+        [{"use": "pull-to-zero"}],
+        sampler={"kind": "ddpm", "steps": 20},
+        guidance={"scale": 2.0},
+    )
     a, _ = run_recipe(base, prior, obs(2), [0, 1], reg)
     b, _ = run_recipe(guided, prior, obs(2), [0, 1], reg)
     assert (b.image.pow(2).flatten(1).sum(1) < a.image.pow(2).flatten(1).sum(1)).all()
 
 
 def test_stage_exception_names_stage_and_step(reg, prior):
-    r = recipe(reg, [{"use": "pull-to-zero", "id": "mine", "fail_at": 3, "value": 1.0}], sampler={"kind": "ddpm", "steps": 10})
+    r = recipe(
+        reg,
+        [{"use": "pull-to-zero", "id": "mine", "fail_at": 3, "value": 1.0}],
+        sampler={"kind": "ddpm", "steps": 10},
+    )
     with pytest.raises(StageError) as info:
         run_recipe(r, prior, obs(1), [0], reg)
     msg = str(info.value)

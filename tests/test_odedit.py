@@ -74,13 +74,17 @@ def test_fixed_point_beats_plain_ddim_at_equal_model_calls(registry, prior, face
     """Plain DDIM at 150 steps and one correction per step at 100 steps both cost 300 calls
     (inversion + decoding); the corrected inversion inverts the decoder's own step."""
     plain, ctx_plain = round_trip_mae(registry, prior, face, 150)
-    fixed, ctx_fixed = round_trip_mae(registry, prior, face, 100, method="fixed-point", iterations=1)
+    fixed, ctx_fixed = round_trip_mae(
+        registry, prior, face, 100, method="fixed-point", iterations=1
+    )
     assert ctx_plain.model_calls == ctx_fixed.model_calls == 300
     assert fixed < plain / 5, (fixed, plain)
 
 
 def test_depth_and_own_grid(registry, prior, face):
-    recipe = inversion_recipe(registry, 10, spacing="leading", depth=450, steps=30, reconstruct=False)
+    recipe = inversion_recipe(
+        registry, 10, spacing="leading", depth=450, steps=30, reconstruct=False
+    )
     _, ctx = run_recipe(recipe, prior, Observation(image=face), [0], registry)
     assert ctx.report["grid"][0] == 450 and ctx.report["start_t"] == 450
     # the grid of a 30-step sampler from 450 down: stride 1000 // 30 = 33
@@ -96,12 +100,17 @@ def langevin_run(registry, prior, obs, updates, **langevin):
         {"use": "ode-inversion", "reconstruct": False},
         {"use": "langevin", "at": [100], "updates": updates, "schedule": "constant", **langevin},
     ]
-    recipe = {"sampler": {"kind": "ddim", "steps": 20, "eta": 0.0, "clip_x0": False}, "stage": stages}
+    recipe = {
+        "sampler": {"kind": "ddim", "steps": 20, "eta": 0.0, "clip_x0": False},
+        "stage": stages,
+    }
     return run_trajectory(recipe, prior, obs, registry=registry, seeds=[7])
 
 
 def test_langevin_raises_log_density_and_moves_further_with_more_updates(registry, prior, face):
-    noisy = (face + 0.3 * torch.randn(face.shape, generator=torch.Generator().manual_seed(1))).clamp(-1, 1)
+    noisy = (
+        face + 0.3 * torch.randn(face.shape, generator=torch.Generator().manual_seed(1))
+    ).clamp(-1, 1)
     obs = Observation(image=noisy)
     runs = {k: langevin_run(registry, prior, obs, k, step_size=2e-3) for k in (0, 10, 50)}
     index = runs[0].ts.index(100)
@@ -126,7 +135,13 @@ def test_noise_free_update_is_the_exact_score_step(registry, prior, face):
     """x' - x = alpha * grad log p_t(x): the score is -eps / sqrt(1 - abar_t)."""
     t, alpha = 300, 1e-3
     x = prior.sample(1, generator=torch.Generator().manual_seed(5), t=t)
-    _, ctx = run_recipe(inversion_recipe(registry, 2, reconstruct=False), prior, Observation(image=face), [0], registry)
+    _, ctx = run_recipe(
+        inversion_recipe(registry, 2, reconstruct=False),
+        prior,
+        Observation(image=face),
+        [0],
+        registry,
+    )
     calls = ctx.model_calls
     out = langevin_updates(ctx, x, t, 1, alpha, noise=False)
     assert ctx.model_calls == calls + 1
@@ -136,7 +151,8 @@ def test_noise_free_update_is_the_exact_score_step(registry, prior, face):
 
 
 def test_batch_equals_single_runs_with_noise_and_thresholds(registry, prior):
-    faces = prior.sample(2, generator=[torch.Generator().manual_seed(s) for s in (1, 2)]).clamp(-1, 1)
+    gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
+    faces = prior.sample(2, generator=gens).clamp(-1, 1)
     recipe = load_recipe(
         "code",
         registry,
@@ -154,7 +170,11 @@ def test_code_recipe_model_calls_and_latents(registry, prior, face):
     """20 leading steps: depth 990 is off the grid, so the sampler visits 990, 940, ..., 40;
     t = 100 snaps to 90.  Per latent: 8 updates in 4 stages + 4 noise-free updates."""
     recipe = load_recipe(
-        "code", registry, ["sampler.steps=20", "stage.langevin.updates=8"], prior_name=prior.name, prior_kind=prior.kind
+        "code",
+        registry,
+        ["sampler.steps=20", "stage.langevin.updates=8"],
+        prior_name=prior.name,
+        prior_kind=prior.kind,
     )
     _, ctx = run_recipe(recipe, prior, Observation(image=face), [0], registry)
     assert ctx.report["grid"] == list(range(990, 39, -50))
@@ -164,14 +184,25 @@ def test_code_recipe_model_calls_and_latents(registry, prior, face):
     # geometric: alpha = eps * 100^(1 - t/t_top), t_top = 990 (the start, above the sampler's
     # own grid top 950), larger near the data
     eps = 3e-7  # the gaussian per_prior value
-    assert lang["step_size"] == pytest.approx([eps * 100 ** (1 - 990 / 990), eps * 100 ** (1 - 90 / 990)])
+    assert lang["step_size"] == pytest.approx(
+        [eps * 100 ** (1 - 990 / 990), eps * 100 ** (1 - 90 / 990)]
+    )
 
 
 def test_seed_schedule_grows_with_sigma(registry, prior, face):
-    stages = [{"use": "ode-inversion", "reconstruct": False},
-              {"use": "langevin", "at": [0, 500], "updates": 1, "step_size": 1e-6, "temperature": 0.0}]
-    recipe = validate({"description": "t", "sampler": {"kind": "ddim", "steps": 10, "clip_x0": False}, "stage": stages},
-                      registry, "<test>")
+    stages = [
+        {"use": "ode-inversion", "reconstruct": False},
+        {"use": "langevin", "at": [0, 500], "updates": 1, "step_size": 1e-6, "temperature": 0.0},
+    ]
+    recipe = validate(
+        {
+            "description": "t",
+            "sampler": {"kind": "ddim", "steps": 10, "clip_x0": False},
+            "stage": stages,
+        },
+        registry,
+        "<test>",
+    )
     _, ctx = run_recipe(recipe, prior, Observation(image=face), [0], registry)
     sigma = lambda t: math.sqrt(1 - float(prior.alphas_cumprod[t]))  # noqa: E731
     lang = ctx.report["langevin"]
@@ -188,17 +219,34 @@ def test_latent_selection():
     assert stage(every=25).chosen(grid) == [750, 500, 250, 0]  # the seed's latents 0, 25, 50, 75
     assert stage(at=[0, 250, 500, 750]).chosen(grid) == [750, 500, 250, 0]
     assert stage(at=[104, 996, 3]).chosen(grid) == [100, 0]  # snapped; above the start skipped
-    assert stage(at=[990, 500], order="after").chosen(grid) == [500]  # the start is never after a step
+    # the start latent never follows a step
+    assert stage(at=[990, 500], order="after").chosen(grid) == [500]
     assert stage().chosen(grid[:5]) == grid[:5]  # Algorithm 1: every latent
     with pytest.raises(ValueError, match="not both"):
         LangevinOptions(use="langevin", at=[1], every=2)
 
 
 def test_total_updates_split_over_latents(registry, prior, face):
-    stages = [{"use": "ode-inversion", "reconstruct": False},
-              {"use": "langevin", "every": 3, "updates": 10, "per": "total", "annealing": 2, "noise_free": "end"}]
-    recipe = validate({"description": "t", "sampler": {"kind": "ddim", "steps": 9, "clip_x0": False}, "stage": stages},
-                      registry, "<test>")
+    stages = [
+        {"use": "ode-inversion", "reconstruct": False},
+        {
+            "use": "langevin",
+            "every": 3,
+            "updates": 10,
+            "per": "total",
+            "annealing": 2,
+            "noise_free": "end",
+        },
+    ]
+    recipe = validate(
+        {
+            "description": "t",
+            "sampler": {"kind": "ddim", "steps": 9, "clip_x0": False},
+            "stage": stages,
+        },
+        registry,
+        "<test>",
+    )
     _, ctx = run_recipe(recipe, prior, Observation(image=face), [0], registry)
     lang = ctx.report["langevin"]
     assert lang["latents"] == [6 * 111, 3 * 111, 0]
@@ -213,7 +261,13 @@ def test_more_updates_less_fidelity_across_recipes(registry, prior):
     obs = Observation(image=torch.nn.functional.interpolate(image, size=64, mode="area"))
     mae = {}
     for name in ("odedit-light", "odedit", "odedit-heavy"):
-        recipe = load_recipe(name, registry, ["stage.ode-inversion.reconstruct=false"], prior_name=prior.name, prior_kind=prior.kind)
+        recipe = load_recipe(
+            name,
+            registry,
+            ["stage.ode-inversion.reconstruct=false"],
+            prior_name=prior.name,
+            prior_kind=prior.kind,
+        )
         result, ctx = run_recipe(recipe, prior, obs, [0], registry)
         assert torch.isfinite(result.image).all()
         mae[name] = ctx.report["ode-inversion"]["output_mae"][0]

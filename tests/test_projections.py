@@ -80,7 +80,10 @@ class Probe(Stage):
     @hookimpl
     def project(self, ctx, state):
         eps = steps.eps_from_x0(state.x_t, state.x0, ctx.abar(state.t))
-        expect = math.sqrt(ctx.abar(state.t_prev)) * state.x0 + math.sqrt(1 - ctx.abar(state.t_prev)) * eps
+        expect = (
+            math.sqrt(ctx.abar(state.t_prev)) * state.x0
+            + math.sqrt(1 - ctx.abar(state.t_prev)) * eps
+        )
         SEEN["step_error"].append(float((state.x_prev - expect).abs().max()))
         SEEN["x_prev"].append(state.x_prev.clone())
 
@@ -112,7 +115,11 @@ def run(reg, prior, stages, **sampler):
 def test_transform_x0_runs_before_guidance_and_the_step(reg, bright_prior):
     plain = run(reg, bright_prior, [{"use": "probe"}])
     assert max(float(x.abs().max()) for x in SEEN["x0"]) > 2.0
-    thresholded = run(reg, bright_prior, [{"use": "dynamic-thresholding", "quantile": 0.98, "max": 1.3}, {"use": "probe"}])
+    thresholded = run(
+        reg,
+        bright_prior,
+        [{"use": "dynamic-thresholding", "quantile": 0.98, "max": 1.3}, {"use": "probe"}],
+    )
     assert len(SEEN["x0"]) == 10
     for x0 in SEEN["x0"]:  # guidance saw the thresholded x0 ...
         assert float(x0.abs().max()) <= 1.0 + 1e-6
@@ -122,7 +129,11 @@ def test_transform_x0_runs_before_guidance_and_the_step(reg, bright_prior):
 
 def test_dynamic_thresholding_window_and_clip_note(reg, bright_prior):
     ts = [s.t for s in run(reg, bright_prior, [{"use": "probe"}]).steps]
-    run(reg, bright_prior, [{"use": "dynamic-thresholding", "window": [500, 1000]}, {"use": "probe"}])
+    run(
+        reg,
+        bright_prior,
+        [{"use": "dynamic-thresholding", "window": [500, 1000]}, {"use": "probe"}],
+    )
     inside = [float(x0.abs().max()) for t, x0 in zip(ts, SEEN["x0"], strict=True) if t > 500]
     outside = [float(x0.abs().max()) for t, x0 in zip(ts, SEEN["x0"], strict=True) if t <= 500]
     assert max(inside) <= 1.0 + 1e-6 and max(outside) > 1.5
@@ -133,7 +144,7 @@ def test_dynamic_thresholding_window_and_clip_note(reg, bright_prior):
 def test_confidence_clipping_of_x_t(reg, bright_prior):
     traj = run(reg, bright_prior, [{"use": "confidence-clipping", "eta": 0.5}, {"use": "probe"}])
     hit = 0
-    for t, x_t, before in zip(traj.ts, SEEN["x_t"], [s.x_t for s in traj.steps], strict=True):
+    for t, x_t in zip(traj.ts, SEEN["x_t"], strict=True):
         bound = confidence_bound(traj.ctx.abar(t), 0.5)
         assert float(x_t.abs().max()) <= bound + 1e-6
         hit += int(float(x_t.abs().max()) >= bound - 1e-6)
@@ -141,7 +152,11 @@ def test_confidence_clipping_of_x_t(reg, bright_prior):
 
 
 def test_confidence_clipping_of_x_prev(reg, bright_prior):
-    traj = run(reg, bright_prior, [{"use": "probe"}, {"use": "confidence-clipping", "eta": 0.5, "apply_to": "x_prev"}])
+    traj = run(
+        reg,
+        bright_prior,
+        [{"use": "probe"}, {"use": "confidence-clipping", "eta": 0.5, "apply_to": "x_prev"}],
+    )
     unclipped = SEEN["x_prev"]  # the probe runs first: what the step produced
     excess = []
     for step, raw in zip(traj.steps, unclipped, strict=True):

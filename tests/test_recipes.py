@@ -23,24 +23,64 @@ restorer = { use = "gaussian-blur", sigma = 1.0 }
 # (name, recipe text, text that must appear in the error)
 MALFORMED = [
     ("not toml", "description = \n[sampler", "not valid TOML"),
-    ("no description", '[sampler]\nsteps = 5', "description"),
-    ("unknown top key", 'description = "x"\n[[stages]]\nuse = "smooth-semantics"', "did you mean 'stage'"),
+    ("no description", "[sampler]\nsteps = 5", "description"),
+    (
+        "unknown top key",
+        'description = "x"\n[[stages]]\nuse = "smooth-semantics"',
+        "did you mean 'stage'",
+    ),
     ("steps zero", 'description = "x"\n[sampler]\nsteps = 0', "sampler.steps"),
     ("bad sampler kind", 'description = "x"\n[sampler]\nkind = "euler"', "sampler.kind"),
     ("negative scale", 'description = "x"\n[guidance]\nscale = -1.0', "guidance.scale"),
     ("window reversed", 'description = "x"\n[guidance]\nwindow = [500, 100]', "window"),
     ("steps as string", 'description = "x"\n[sampler]\nsteps = "many"', "sampler.steps"),
     ("stage without use", 'description = "x"\n[[stage]]\nweight = 1.0', "stage[0].use"),
-    ("unknown stage", 'description = "x"\n[[stage]]\nuse = "smooth-semantic"', "did you mean 'smooth-semantics'"),
-    ("import path as stage", 'description = "x"\n[[stage]]\nuse = "os:system"', "unknown stage 'os:system'"),
-    ("negative weight", 'description = "x"\n[sampler]\nkind="ddpm"\n[[stage]]\nuse = "smooth-semantics"\nweight = -2.0', "stage[0].weight"),
-    ("typo in stage field", 'description = "x"\n[sampler]\nkind="ddpm"\n[[stage]]\nuse = "smooth-semantics"\nwieght = 2.0', "did you mean 'weight'"),
-    ("unknown restorer", 'description = "x"\n[sampler]\nkind="ddpm"\n[[stage]]\nuse = "smooth-semantics"\nrestorer = { use = "gausian-blur" }', "stage[0].restorer.use"),
-    ("bad restorer option", 'description = "x"\n[sampler]\nkind="ddpm"\n[[stage]]\nuse = "smooth-semantics"\nrestorer = { use = "gaussian-blur", sigma = -1 }', "stage[0].restorer.sigma"),
+    (
+        "unknown stage",
+        'description = "x"\n[[stage]]\nuse = "smooth-semantic"',
+        "did you mean 'smooth-semantics'",
+    ),
+    (
+        "import path as stage",
+        'description = "x"\n[[stage]]\nuse = "os:system"',
+        "unknown stage 'os:system'",
+    ),
+    (
+        "negative weight",
+        'description = "x"\n[sampler]\nkind="ddpm"\n[[stage]]\nuse = "smooth-semantics"\nweight = -2.0',
+        "stage[0].weight",
+    ),
+    (
+        "typo in stage field",
+        'description = "x"\n[sampler]\nkind="ddpm"\n[[stage]]\nuse = "smooth-semantics"\nwieght = 2.0',
+        "did you mean 'weight'",
+    ),
+    (
+        "unknown restorer",
+        'description = "x"\n[sampler]\nkind="ddpm"\n[[stage]]\nuse = "smooth-semantics"\nrestorer = { use = "gausian-blur" }',
+        "stage[0].restorer.use",
+    ),
+    (
+        "bad restorer option",
+        'description = "x"\n[sampler]\nkind="ddpm"\n[[stage]]\nuse = "smooth-semantics"\nrestorer = { use = "gaussian-blur", sigma = -1 }',
+        "stage[0].restorer.sigma",
+    ),
     ("stage not a list", 'description = "x"\nstage = "smooth-semantics"', "stage"),
-    ("duplicate stage ids", 'description = "x"\n[sampler]\nkind="ddpm"\n[[stage]]\nuse = "smooth-semantics"\n[[stage]]\nuse = "smooth-semantics"', "stage[1].id"),
-    ("mean shift on deterministic ddim", 'description = "x"\n[sampler]\nkind = "ddim"\neta = 0.0\n[[stage]]\nuse = "smooth-semantics"', "guidance.rule"),
-    ("extends missing file", 'description = "x"\nextends = "nope/missing.toml"', "no such recipe file"),
+    (
+        "duplicate stage ids",
+        'description = "x"\n[sampler]\nkind="ddpm"\n[[stage]]\nuse = "smooth-semantics"\n[[stage]]\nuse = "smooth-semantics"',
+        "stage[1].id",
+    ),
+    (
+        "mean shift on deterministic ddim",
+        'description = "x"\n[sampler]\nkind = "ddim"\neta = 0.0\n[[stage]]\nuse = "smooth-semantics"',
+        "guidance.rule",
+    ),
+    (
+        "extends missing file",
+        'description = "x"\nextends = "nope/missing.toml"',
+        "no such recipe file",
+    ),
     ("extends unknown name", 'description = "x"\nextends = "restor"', "did you mean 'restore'"),
     ("prior dtype", 'description = "x"\n[prior]\ndtype = "float8"', "prior.dtype"),
 ]
@@ -84,7 +124,9 @@ def test_extends_merges_and_child_wins(registry, tmp_path):
 
 
 def test_extends_builtin_by_name(registry, tmp_path):
-    (tmp_path / "mine.toml").write_text('description = "mine"\nextends = "restore"\n[guidance]\nscale = 0.5\n')
+    (tmp_path / "mine.toml").write_text(
+        'description = "mine"\nextends = "restore"\n[guidance]\nscale = 0.5\n'
+    )
     recipe = load_recipe(str(tmp_path / "mine.toml"), registry)
     assert recipe.guidance.scale == 0.5
     assert recipe.stages[0].use == "smooth-semantics"
@@ -95,7 +137,12 @@ def test_set_overrides_are_toml_typed(registry, tmp_path):
     recipe = load_recipe(
         str(tmp_path / "r.toml"),
         registry,
-        ["sampler.steps=25", "stage.smooth-semantics.weight=0.3", "stage[0].restorer.sigma=2.5", "guidance.window=[100, 900]"],
+        [
+            "sampler.steps=25",
+            "stage.smooth-semantics.weight=0.3",
+            "stage[0].restorer.sigma=2.5",
+            "guidance.window=[100, 900]",
+        ],
     )
     assert recipe.sampler.steps == 25 and isinstance(recipe.sampler.steps, int)
     assert recipe.stages[0].weight == pytest.approx(0.3)
@@ -105,7 +152,11 @@ def test_set_overrides_are_toml_typed(registry, tmp_path):
 
 @pytest.mark.parametrize(
     "assignment,expected",
-    [("stage.nope.weight=1", "no stage with id 'nope'"), ("stage[3].weight=1", "out of range"), ("sampler.steps", "path=value")],
+    [
+        ("stage.nope.weight=1", "no stage with id 'nope'"),
+        ("stage[3].weight=1", "out of range"),
+        ("sampler.steps", "path=value"),
+    ],
 )
 def test_bad_set_paths(registry, tmp_path, assignment, expected):
     (tmp_path / "r.toml").write_text(GOOD)
@@ -130,14 +181,19 @@ def test_parse_value():
 
 def test_per_prior_tables_apply_for_matching_prior(registry, tmp_path):
     (tmp_path / "r.toml").write_text(
-        GOOD + '\n[per_prior.gaussian.guidance]\nscale = 0.7\n[per_prior."gaussian-faces-64".stage.smooth-semantics]\nweight = 3.0\n'
+        GOOD
+        + '\n[per_prior.gaussian.guidance]\nscale = 0.7\n[per_prior."gaussian-faces-64".stage.smooth-semantics]\nweight = 3.0\n'
     )
     plain = load_recipe(str(tmp_path / "r.toml"), registry)
     assert plain.guidance.scale == 0.1
-    special = load_recipe(str(tmp_path / "r.toml"), registry, prior_name="gaussian-faces-64", prior_kind="gaussian")
+    special = load_recipe(
+        str(tmp_path / "r.toml"), registry, prior_name="gaussian-faces-64", prior_kind="gaussian"
+    )
     assert special.guidance.scale == 0.7
     assert special.stages[0].weight == 3.0
-    other = load_recipe(str(tmp_path / "r.toml"), registry, prior_name="google/ddpm", prior_kind="diffusers")
+    other = load_recipe(
+        str(tmp_path / "r.toml"), registry, prior_name="google/ddpm", prior_kind="diffusers"
+    )
     assert other.guidance.scale == 0.1
 
 

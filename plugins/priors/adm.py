@@ -37,6 +37,7 @@ from guidestack.engine.errors import PriorUnavailable, UsageError
 from guidestack.engine.prior import Prior, PriorOutput, linear_alphas_cumprod
 
 from ..checkpoints import (
+    ModelCard,
     load_exact,
     matches,
     missing_file_message,
@@ -51,16 +52,6 @@ SCHEME = "adm"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 #: file suffixes a bare checkpoint path may have for the backend to look inside it
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """Where a checkpoint comes from and under which terms (rendered in docs/models.md)."""
-
-    filename: str
-    url: str
-    licence: str
-    used_by: str
 
 
 @dataclass(frozen=True)
@@ -129,6 +120,9 @@ ADM_PRESETS: dict[str, ADMPreset] = {
                 "no licence stated by DPS (research code); trained on FFHQ (CC BY-NC-SA 4.0): "
                 "treat as non-commercial",
                 "DPS (diffusion posterior sampling)",
+                "pip install gdown && gdown --folder "
+                "https://drive.google.com/drive/folders/1jElnRoFv7b31fG0v6pTSQkelbSX3xGZh -O /tmp/dps "
+                "&& mv /tmp/dps/ffhq_10m.pt {dest}",
             ),
         ),
     )
@@ -205,7 +199,9 @@ class ADMPrior(Prior):
 # ------------------------------------------------------------------------------------ loading
 
 
-def build_unet(config: ADMConfig, state: dict[str, torch.Tensor] | None = None, what: str = "ADM UNet") -> ADMUNet:
+def build_unet(
+    config: ADMConfig, state: dict[str, torch.Tensor] | None = None, what: str = "ADM UNet"
+) -> ADMUNet:
     """An :class:`ADMUNet`; with ``state`` it is built on the meta device and the checkpoint's
     tensors are assigned (no random init of 160 M parameters, no second copy in memory)."""
     if state is None:
@@ -301,9 +297,7 @@ def _named_factory(preset: str) -> Callable[..., Prior]:
             raise PriorUnavailable(
                 missing_file_message(
                     f"The prior '{preset}'",
-                    card.filename,
-                    card.url,
-                    card.licence,
+                    card,
                     f"Or point at a file anywhere with --prior adm:{preset}:/path/to/{card.filename}. "
                     "To run without any download, use the built-in offline prior gaussian-faces-64.",
                 )

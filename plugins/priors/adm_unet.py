@@ -175,7 +175,9 @@ class AttentionBlock(nn.Module):
         super().__init__()
         if num_head_channels != -1:
             if channels % num_head_channels:
-                raise ValueError(f"{channels} channels do not split into heads of {num_head_channels}")
+                raise ValueError(
+                    f"{channels} channels do not split into heads of {num_head_channels}"
+                )
             num_heads = channels // num_head_channels
         self.num_heads = num_heads
         self.legacy_order = legacy_order
@@ -222,12 +224,19 @@ class ADMUNet(nn.Module):
         self.config = cfg = config
         mc = cfg.model_channels
         emb_dim = 4 * mc
-        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.time_embed = nn.Sequential(
+            nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+        )
         heads_up = cfg.num_heads if cfg.num_heads_upsample == -1 else cfg.num_heads_upsample
 
         def res(ch_in: int, ch_out: int | None = None, **kw) -> ResBlock:
             return ResBlock(
-                ch_in, emb_dim, ch_out, scale_shift=cfg.use_scale_shift_norm, dropout=cfg.dropout, **kw
+                ch_in,
+                emb_dim,
+                ch_out,
+                scale_shift=cfg.use_scale_shift_norm,
+                dropout=cfg.dropout,
+                **kw,
             )
 
         def attn(ch: int, heads: int) -> AttentionBlock:
@@ -250,7 +259,11 @@ class ADMUNet(nn.Module):
                 self.input_blocks.append(TimestepSequential(*layers))
                 skips.append(ch)
             if level != last:
-                down = res(ch, ch, down=True) if cfg.resblock_updown else _Resample(ch, cfg.conv_resample, up=False)
+                down = (
+                    res(ch, ch, down=True)
+                    if cfg.resblock_updown
+                    else _Resample(ch, cfg.conv_resample, up=False)
+                )
                 self.input_blocks.append(TimestepSequential(down))
                 skips.append(ch)
                 resolution //= 2
@@ -263,11 +276,17 @@ class ADMUNet(nn.Module):
                 if resolution in cfg.attention_resolutions:
                     layers.append(attn(ch, heads_up))
                 if level and i == cfg.num_res_blocks[level]:
-                    up = res(ch, ch, up=True) if cfg.resblock_updown else _Resample(ch, cfg.conv_resample, up=True)
+                    up = (
+                        res(ch, ch, up=True)
+                        if cfg.resblock_updown
+                        else _Resample(ch, cfg.conv_resample, up=True)
+                    )
                     layers.append(up)
                     resolution *= 2
                 self.output_blocks.append(TimestepSequential(*layers))
-        self.out = nn.Sequential(_norm(ch), nn.SiLU(), nn.Conv2d(first, cfg.out_channels, 3, padding=1))
+        self.out = nn.Sequential(
+            _norm(ch), nn.SiLU(), nn.Conv2d(first, cfg.out_channels, 3, padding=1)
+        )
 
     @property
     def torso_dtype(self) -> torch.dtype:
@@ -283,7 +302,9 @@ class ADMUNet(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        emb = self.time_embed(timestep_embedding(t, self.config.model_channels).to(self.out[2].weight.dtype))
+        emb = self.time_embed(
+            timestep_embedding(t, self.config.model_channels).to(self.out[2].weight.dtype)
+        )
         h = x.to(self.torso_dtype)
         skips = []
         for block in self.input_blocks:

@@ -20,8 +20,7 @@ import torch
 
 from guidestack.engine.errors import PriorUnavailable
 
-from ..checkpoints import module_shapes, read_state_dict, shape_problems
-from .adm import ModelCard
+from ..checkpoints import ModelCard, module_shapes, read_state_dict, shape_problems
 
 SDEDIT_PRESET = "sdedit-celebahq-256"
 SDEDIT_DESCRIPTION = (
@@ -67,8 +66,9 @@ def _attention_levels(config: dict[str, Any]) -> list[bool]:
     return levels
 
 
-def unet_config(config: dict[str, Any] = SDEDIT_CONFIG) -> dict[str, Any]:
+def unet_config(config: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``UNet2DModel`` config that computes the original network."""
+    config = SDEDIT_CONFIG if config is None else config
     attn = _attention_levels(config)
     return {
         "sample_size": config["image_size"],
@@ -195,26 +195,41 @@ def _original_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def sdedit_shapes(config: dict[str, Any] = SDEDIT_CONFIG) -> dict[str, tuple[int, ...]]:
+def sdedit_shapes(config: dict[str, Any] | None = None) -> dict[str, tuple[int, ...]]:
     """Key -> shape of an original SDEdit-layout checkpoint for ``config``."""
-    return _original_shapes(config)
+    return _original_shapes(SDEDIT_CONFIG if config is None else config)
 
 
-def build_unet(state: dict[str, torch.Tensor] | None = None, config: dict[str, Any] = SDEDIT_CONFIG, what: str = SDEDIT_PRESET):
+def build_unet(
+    state: dict[str, torch.Tensor] | None = None,
+    config: dict[str, Any] | None = None,
+    what: str = SDEDIT_PRESET,
+):
     """A diffusers ``UNet2DModel`` for ``config``, loaded from an original-layout ``state``."""
     from diffusers import UNet2DModel
 
+    config = SDEDIT_CONFIG if config is None else config
     if state is not None:
-        problems = shape_problems(_original_shapes(config), {k: tuple(v.shape) for k, v in state.items()})
+        problems = shape_problems(
+            _original_shapes(config), {k: tuple(v.shape) for k, v in state.items()}
+        )
         if problems:
-            raise PriorUnavailable(f"{what}: the file is not an SDEdit CelebA-HQ checkpoint: " + "; ".join(problems))
+            raise PriorUnavailable(
+                f"{what}: the file is not an SDEdit CelebA-HQ checkpoint: " + "; ".join(problems)
+            )
     with torch.device("meta" if state is not None else "cpu"):
         unet = UNet2DModel(**unet_config(config))
     if state is not None:
-        converted = convert_state_dict({k: v.float() for k, v in state.items()}, len(config["ch_mult"]))
-        problems = shape_problems(module_shapes(unet), {k: tuple(v.shape) for k, v in converted.items()})
+        converted = convert_state_dict(
+            {k: v.float() for k, v in state.items()}, len(config["ch_mult"])
+        )
+        problems = shape_problems(
+            module_shapes(unet), {k: tuple(v.shape) for k, v in converted.items()}
+        )
         if problems:  # a diffusers release that lays the UNet out differently
-            raise PriorUnavailable(f"{what}: diffusers' UNet2DModel no longer fits: " + "; ".join(problems))
+            raise PriorUnavailable(
+                f"{what}: diffusers' UNet2DModel no longer fits: " + "; ".join(problems)
+            )
         unet.load_state_dict(converted, strict=True, assign=True)
     return unet.eval()
 

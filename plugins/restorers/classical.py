@@ -8,7 +8,6 @@ high-frequency damage.  None depends on ``t``, so the engine computes each once 
 from __future__ import annotations
 
 import kornia
-import torch
 import torch.nn.functional as F
 from pydantic import Field
 
@@ -38,7 +37,9 @@ class GaussianBlurOptions(RestorerOptions):
 
 class GaussianBlurRestorer(Restorer):
     name = "gaussian-blur"
-    description = "Gaussian smoothing (removes noise and fine damage; keeps low-frequency semantics)."
+    description = (
+        "Gaussian smoothing (removes noise and fine damage; keeps low-frequency semantics)."
+    )
     Options = GaussianBlurOptions
 
     def restore(self, y, x_t=None, t=None):
@@ -61,7 +62,9 @@ class BilateralRestorer(Restorer):
     def restore(self, y, x_t=None, t=None):
         o = self.options
         k = _odd(o.kernel_size)
-        return kornia.filters.bilateral_blur(y, (k, k), o.sigma_color, (o.sigma_space, o.sigma_space))
+        return kornia.filters.bilateral_blur(
+            y, (k, k), o.sigma_color, (o.sigma_space, o.sigma_space)
+        )
 
 
 class MedianOptions(RestorerOptions):

@@ -133,7 +133,9 @@ def read_weights(layers: list[NcnnLayer], path: str | Path) -> list[NcnnLayer]:
         elif layer.type not in WEIGHTLESS:
             raise NcnnFormatError(f"layer {layer.name}: type {layer.type} is not supported")
     if reader.pos != len(reader.data):
-        raise NcnnFormatError(f"{path}: {len(reader.data) - reader.pos} bytes left after the last layer")
+        raise NcnnFormatError(
+            f"{path}: {len(reader.data) - reader.pos} bytes left after the last layer"
+        )
     return layers
 
 
@@ -184,7 +186,14 @@ def _run_layer(layer: NcnnLayer, inputs: list[torch.Tensor]) -> list[torch.Tenso
             out = reduce(out, x)
         return [out]
     if t == "BinaryOp":
-        ops = {0: torch.add, 1: torch.sub, 2: torch.mul, 3: torch.div, 4: torch.maximum, 5: torch.minimum}
+        ops = {
+            0: torch.add,
+            1: torch.sub,
+            2: torch.mul,
+            3: torch.div,
+            4: torch.maximum,
+            5: torch.minimum,
+        }
         fn = ops[int(layer.get(0))]
         if int(layer.get(1)):
             return [fn(inputs[0], torch.tensor(float(layer.get(2, 0.0))))]
@@ -234,12 +243,16 @@ def rrdbnet_from_ncnn(layers: list[NcnnLayer]) -> RRDBNet:
     convs = [layer for layer in layers if layer.type == "Convolution"]
     blocks, rest = divmod(len(convs) - 6, 15)
     if rest or blocks < 1:
-        raise NcnnFormatError(f"{len(convs)} convolutions do not make an RRDBNet (6 + 15 per block)")
+        raise NcnnFormatError(
+            f"{len(convs)} convolutions do not make an RRDBNet (6 + 15 per block)"
+        )
     first = convs[0].weights["weight"]
     net = RRDBNet(first.shape[1], convs[-1].weights["weight"].shape[0], first.shape[0], blocks,
                   convs[1].weights["weight"].shape[0], scale=4)  # fmt: skip
     names = ["conv_first"]
-    names += [f"body.{b}.rdb{r}.conv{c}" for b in range(blocks) for r in (1, 2, 3) for c in range(1, 6)]
+    names += [
+        f"body.{b}.rdb{r}.conv{c}" for b in range(blocks) for r in (1, 2, 3) for c in range(1, 6)
+    ]
     names += ["conv_body", "conv_up1", "conv_up2", "conv_hr", "conv_last"]
     own = net.state_dict()
     state = {}

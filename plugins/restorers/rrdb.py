@@ -72,7 +72,9 @@ class RRDBNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fold > 1:
             if x.shape[-1] % self.fold or x.shape[-2] % self.fold:
-                raise ValueError(f"RRDBNet x{self.scale} needs sides divisible by {self.fold}, got {tuple(x.shape[-2:])}")
+                raise ValueError(
+                    f"RRDBNet x{self.scale} needs sides divisible by {self.fold}, got {tuple(x.shape[-2:])}"
+                )
             x = F.pixel_unshuffle(x, self.fold)
         feat = self.conv_first(x)
         feat = feat + self.conv_body(self.body(feat))
@@ -84,7 +86,9 @@ class RRDBNet(nn.Module):
 def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
     """``[cos(t f), sin(t f)]`` with ``f_i = P^(-i / (dim/2))`` (guided-diffusion's convention)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+    )
     args = t.float()[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 

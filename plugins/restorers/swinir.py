@@ -51,7 +51,9 @@ def window_merge(windows: torch.Tensor, ws: int, h: int, w: int) -> torch.Tensor
 
 def relative_position_index(ws: int) -> torch.Tensor:
     """Index into the (2ws-1)^2 bias table for every pair of positions in a window."""
-    coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(1)
+    coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(
+        1
+    )
     rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (ws - 1)
     return rel[..., 0] * (2 * ws - 1) + rel[..., 1]
 
@@ -94,7 +96,9 @@ class WindowAttention(nn.Module):
 
 
 class SwinBlock(nn.Module):
-    def __init__(self, dim: int, resolution: int, heads: int, ws: int, shift: int, mlp_ratio: float):
+    def __init__(
+        self, dim: int, resolution: int, heads: int, ws: int, shift: int, mlp_ratio: float
+    ):
         super().__init__()
         if resolution <= ws:  # the whole grid is one window: nothing to shift
             ws, shift = resolution, 0
@@ -141,10 +145,15 @@ class _Blocks(nn.Module):
 class ResidualSwinGroup(nn.Module):
     """RSTB: Swin blocks, a 3x3 conv on the image-shaped features, and a skip connection."""
 
-    def __init__(self, dim: int, resolution: int, depth: int, heads: int, ws: int, mlp_ratio: float):
+    def __init__(
+        self, dim: int, resolution: int, depth: int, heads: int, ws: int, mlp_ratio: float
+    ):
         super().__init__()
         self.residual_group = _Blocks(
-            [SwinBlock(dim, resolution, heads, ws, 0 if i % 2 == 0 else ws // 2, mlp_ratio) for i in range(depth)]
+            [
+                SwinBlock(dim, resolution, heads, ws, 0 if i % 2 == 0 else ws // 2, mlp_ratio)
+                for i in range(depth)
+            ]
         )
         self.conv = nn.Conv2d(dim, dim, 3, 1, 1)
 
@@ -218,6 +227,8 @@ class SwinIR(nn.Module):
         feat = self.conv_after_body(self.features(feat)) + feat
         feat = self.conv_before_upsample(feat)
         for name in self.ups:
-            feat = F.leaky_relu(getattr(self, name)(F.interpolate(feat, scale_factor=2, mode="nearest")), 0.2)
+            feat = F.leaky_relu(
+                getattr(self, name)(F.interpolate(feat, scale_factor=2, mode="nearest")), 0.2
+            )
         out = self.conv_last(F.leaky_relu(self.conv_hr(feat), 0.2))
         return out + self.mean.to(x.dtype)

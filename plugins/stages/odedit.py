@@ -44,9 +44,9 @@ def ddim_transfer(
 ) -> torch.Tensor:
     """Deterministic DDIM between two noise levels, either way, for a given ``eps``::
 
-        x0  = rule(x - sqrt(1 - abar_from) eps) / sqrt(abar_from))      (x itself at the data)
+        x0   = rule((x - sqrt(1 - abar_from) eps) / sqrt(abar_from))     (rule(x) at the data)
         eps' = (x - sqrt(abar_from) x0) / sqrt(1 - abar_from)            (eps when rule is none)
-        out = sqrt(abar_to) x0 + sqrt(1 - abar_to) eps'
+        out  = sqrt(abar_to) x0 + sqrt(1 - abar_to) eps'
 
     Down (``abar_to > abar_from``) it is the sampler's DDIM step with eta 0; up, with ``eps``
     evaluated at the start, it is DDIM inversion.  ``abar = 1`` is the data.
@@ -122,7 +122,9 @@ def per_sample_mae(a: torch.Tensor, b: torch.Tensor) -> list[float]:
 
 class ODEInversionOptions(StageOptions):
     depth: int | None = Field(
-        None, ge=0, description="ORIGINAL timestep to invert to (default: the top of the sampler grid)"
+        None,
+        ge=0,
+        description="ORIGINAL timestep to invert to (default: the top of the sampler grid)",
     )
     steps: int | None = Field(
         None,
@@ -144,9 +146,13 @@ class ODEInversionOptions(StageOptions):
         description="x0 rule of the inversion's DDIM steps; match the decoder (default: clip if sampler.clip_x0, else none; CODE: dynamic)",
     )
     clip_eta: float | None = Field(
-        None, gt=0.0, description="confidence-clip each latent during inversion with this eta (CODE's CBC: 1.7)"
+        None,
+        gt=0.0,
+        description="confidence-clip each latent during inversion with this eta (CODE's CBC: 1.7)",
     )
-    keep_latents: bool = Field(True, description="keep every inverted latent in ctx.cache['<id>.latents']")
+    keep_latents: bool = Field(
+        True, description="keep every inverted latent in ctx.cache['<id>.latents']"
+    )
     reconstruct: bool = Field(
         True,
         description="decode the latent with plain DDIM over the sampler's grid and report the error (costs as many calls)",
@@ -169,7 +175,9 @@ class ODEInversion(Stage):
         top = ctx.prior.num_train_timesteps - 1
         depth = ctx.timesteps[0] if self.options.depth is None else self.options.depth
         if depth > top:
-            raise UsageError(f"stage '{self.id}': depth {depth} is above the prior's last timestep {top}")
+            raise UsageError(
+                f"stage '{self.id}': depth {depth} is above the prior's last timestep {top}"
+            )
         return depth
 
     def inversion_grid(self, ctx: RunContext, depth: int) -> list[int]:
@@ -225,13 +233,19 @@ class LangevinOptions(StageOptions):
         description="ORIGINAL timesteps of the latents to update, each snapped to the nearest visited grid point",
     )
     every: int | None = Field(
-        None, ge=1, description="update every n-th visited latent counted from the data end (0, n, 2n...)"
+        None,
+        ge=1,
+        description="update every n-th visited latent counted from the data end (0, n, 2n...)",
     )
-    updates: int = Field(100, ge=0, description="K: Langevin updates per latent (or in total, see per)")
+    updates: int = Field(
+        100, ge=0, description="K: Langevin updates per latent (or in total, see per)"
+    )
     per: Literal["latent", "total"] = Field(
         "latent", description="latent: K at each chosen latent; total: K split over them"
     )
-    step_size: float = Field(1e-6, gt=0.0, description="eps of the step-size schedule (seed 1e-6, CODE 1.15e-5)")
+    step_size: float = Field(
+        1e-6, gt=0.0, description="eps of the step-size schedule (seed 1e-6, CODE 1.15e-5)"
+    )
     schedule: Literal["seed", "geometric", "constant"] = Field(
         "seed",
         description=(
@@ -239,18 +253,24 @@ class LangevinOptions(StageOptions):
             "alpha = eps * ratio^(1 - t/t_top); constant: eps"
         ),
     )
-    ratio: float = Field(100.0, gt=0.0, description="geometric: alpha at t = 0 over alpha at the grid's top")
+    ratio: float = Field(
+        100.0, gt=0.0, description="geometric: alpha at t = 0 over alpha at the grid's top"
+    )
     direction: Literal["default", "grow", "shrink"] = Field(
         "default",
         description="whether alpha grows or shrinks with t (default: the schedule's own: seed grows, geometric shrinks)",
     )
-    temperature: float = Field(1.0 / 3.0, ge=0.0, description="T in sqrt(2 alpha T) z (seed 1/3, CODE 1)")
+    temperature: float = Field(
+        1.0 / 3.0, ge=0.0, description="T in sqrt(2 alpha T) z (seed 1/3, CODE 1)"
+    )
     sigma: Literal["marginal", "ve"] = Field(
         "marginal",
         description="sigma_t of the score -eps/sigma_t and of the seed schedule: sqrt(1-abar) or sqrt((1-abar)/abar)",
     )
     annealing: int = Field(1, ge=1, description="stages the K updates are split into (CODE: 4)")
-    decay: float = Field(0.8, gt=0.0, description="alpha multiplier from one annealing stage to the next (CODE: 0.8)")
+    decay: float = Field(
+        0.8, gt=0.0, description="alpha multiplier from one annealing stage to the next (CODE: 0.8)"
+    )
     noise_free: Literal["none", "stage", "end"] = Field(
         "none",
         description="one extra update without noise after each annealing stage (CODE's code) or once at the end",
@@ -263,11 +283,13 @@ class LangevinOptions(StageOptions):
         default_factory=X0Rule, description="x0 rule before the score is taken (CODE: dynamic)"
     )
     clip_eta: float | None = Field(
-        None, gt=0.0, description="confidence-clip the latent before every update (CODE option, off)"
+        None,
+        gt=0.0,
+        description="confidence-clip the latent before every update (CODE option, off)",
     )
 
     @model_validator(mode="after")
-    def _one_selection(self) -> "LangevinOptions":
+    def _one_selection(self) -> LangevinOptions:
         if self.at is not None and self.every is not None:
             raise ValueError("give `at` or `every`, not both")
         if self.at is not None and any(t < 0 for t in self.at):
@@ -335,7 +357,12 @@ class Langevin(Stage):
     def setup(self, ctx: RunContext) -> None:
         self._plan_for: tuple[int, ...] | None = None
         self._plan: dict[int, int] = {}
-        self._stats: dict[str, list] = {"latents": [], "updates": [], "step_size": [], "rms_change": []}
+        self._stats: dict[str, list] = {
+            "latents": [],
+            "updates": [],
+            "step_size": [],
+            "rms_change": [],
+        }
         self._calls = 0
 
     # --- where, how many, how large ---------------------------------------------------------
@@ -376,13 +403,13 @@ class Langevin(Stage):
         opts = self.options
         if opts.schedule == "constant":
             return opts.step_size
-        grid = ctx.timesteps
+        # the schedule spans the sampler's grid and the visited one (a start may lie above it)
+        points = [*ctx.timesteps, *(ctx.report.get("grid") or [])]
         if opts.schedule == "seed":
-            ref = marginal_sigma(ctx.abar(min(grid)), opts.sigma)
+            ref = marginal_sigma(ctx.abar(min(points)), opts.sigma)  # sigma_1: the first latent
             ratio = marginal_sigma(ctx.abar(t), opts.sigma) / ref
             return opts.step_size * (1.0 / ratio if opts.direction == "shrink" else ratio)
-        visited = ctx.report.get("grid") or grid
-        top = max(max(grid), max(visited))
+        top = max(points)
         u = t / top if top > 0 else 0.0
         exponent = u if opts.direction == "grow" else 1.0 - u
         return opts.step_size * opts.ratio**exponent
@@ -396,7 +423,12 @@ class Langevin(Stage):
             return x
         start, calls = x, ctx.model_calls
         alpha = self.step_size(ctx, t)
-        kw = {"temperature": opts.temperature, "sigma": opts.sigma, "rule": opts.threshold, "clip_eta": opts.clip_eta}
+        kw = {
+            "temperature": opts.temperature,
+            "sigma": opts.sigma,
+            "rule": opts.threshold,
+            "clip_eta": opts.clip_eta,
+        }
         for j, n in enumerate(split(count, opts.annealing)):
             a = alpha * opts.decay**j
             x = langevin_updates(ctx, x, t, n, a, **kw)

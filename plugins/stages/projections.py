@@ -31,7 +31,9 @@ from guidestack.engine.schedule import window_contains
 from guidestack.engine.stage import Stage, StageOptions
 
 
-def dynamic_threshold(x0: torch.Tensor, quantile: float = 0.98, max_value: float = 1.3) -> torch.Tensor:
+def dynamic_threshold(
+    x0: torch.Tensor, quantile: float = 0.98, max_value: float = 1.3
+) -> torch.Tensor:
     """Imagen's dynamic thresholding, per sample: ``clamp(x0, -s, s) / s`` with ``s`` the
     ``quantile`` of ``|x0|`` over all of the sample's values, clamped to ``[1, max_value]``."""
     n = x0.shape[0]
@@ -61,7 +63,9 @@ class X0Rule(StrictModel):
     mode: Literal["none", "clip", "dynamic"] = Field(
         "none", description="none: raw x0; clip: clamp to [-1, 1]; dynamic: dynamic thresholding"
     )
-    quantile: float = Field(0.98, gt=0.0, le=1.0, description="dynamic: quantile of |x0| per sample")
+    quantile: float = Field(
+        0.98, gt=0.0, le=1.0, description="dynamic: quantile of |x0| per sample"
+    )
     max: float = Field(1.3, ge=1.0, description="dynamic: largest threshold s")
 
     def apply(self, x0: torch.Tensor) -> torch.Tensor:
@@ -73,8 +77,12 @@ class X0Rule(StrictModel):
 
 
 class DynamicThresholdingOptions(StageOptions):
-    quantile: float = Field(0.98, gt=0.0, le=1.0, description="quantile of |x0| per sample (CODE: 0.98)")
-    max: float = Field(1.3, ge=1.0, description="largest threshold s (CODE: 1.3); 1 = plain clipping")
+    quantile: float = Field(
+        0.98, gt=0.0, le=1.0, description="quantile of |x0| per sample (CODE: 0.98)"
+    )
+    max: float = Field(
+        1.3, ge=1.0, description="largest threshold s (CODE: 1.3); 1 = plain clipping"
+    )
     window: tuple[int, int] | None = Field(
         None, description="only act when lo < t <= hi (ORIGINAL timesteps); default: always"
     )
