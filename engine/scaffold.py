@@ -2,8 +2,8 @@
 
 The package has the layout of examples/guidestack-plugin-example: a ``pyproject.toml`` with the
 ``guidestack`` entry point, a plugin module declaring ``hook_api_version``, a guidance stage
-(smoothed total variation), a projection stage (keeps the input's average colour), a recipe folder and pytest
-tests written with the ``guidestack.testing`` fixtures.  Templates are :class:`string.Template`
+(smoothed total variation), a projection stage (keeps the input's average colour), a recipe
+folder and pytest tests written with the ``guidestack.testing`` fixtures.  Templates are :class:`string.Template`
 strings (``$name``), so the Python and TOML they hold need no brace escaping.
 """
 
@@ -147,13 +147,14 @@ class MeanLock(Stage):
     keeps the input's average colour whatever the guidance does."""
 
     name = "$name-mean"
-    description = "Projection: keep the latent's per-channel mean at the noised input's (average colour)."
+    description = "Projection: keep the latent's per-channel mean at the noised input's."
     Options = MeanLockOptions
 
     @hookimpl
     def project(self, ctx: RunContext, state: StepState) -> None:
         x = state.x_prev
-        target = math.sqrt(ctx.abar(state.t_prev)) * ctx.observation.image.mean(dim=(2, 3), keepdim=True)
+        colour = ctx.observation.image.mean(dim=(2, 3), keepdim=True)
+        target = math.sqrt(ctx.abar(state.t_prev)) * colour
         shift = target.to(x.dtype) - x.mean(dim=(2, 3), keepdim=True)
         state.x_prev = x + self.options.strength * shift
 
@@ -193,14 +194,16 @@ import torch
 from guidestack.engine.recipe import recipe_index
 from $module.stages import total_variation
 
+NAME = "$name"
+MEAN = f"{NAME}-mean"
 DDPM = {"kind": "ddpm", "steps": 10}
 
 
 def test_installed_plugin_is_discovered(gs_registry):
-    assert gs_registry.get("stage", "$name").plugin == "$name"
-    assert gs_registry.get("stage", "$name").hooks == ("guidance_loss",)
-    assert gs_registry.get("stage", "$name-mean").hooks == ("project",)
-    assert recipe_index(gs_registry)["$name-demo"][0] == "$name"
+    assert gs_registry.get("stage", NAME).plugin == NAME
+    assert gs_registry.get("stage", NAME).hooks == ("guidance_loss",)
+    assert gs_registry.get("stage", MEAN).hooks == ("project",)
+    assert recipe_index(gs_registry)[f"{NAME}-demo"][0] == NAME
 
 
 def test_total_variation_is_zero_on_flat_images(gs_faces):
@@ -210,22 +213,21 @@ def test_total_variation_is_zero_on_flat_images(gs_faces):
 
 def test_guidance_makes_outputs_smoother(gs_run):
     plain = gs_run({"sampler": DDPM, "stage": []})
-    smooth = gs_run(
-        {"sampler": DDPM, "guidance": {"rule": "x0", "scale": 0.02}, "stage": [{"use": "$name"}]}
-    )
+    guidance = {"rule": "x0", "scale": 0.02}
+    smooth = gs_run({"sampler": DDPM, "guidance": guidance, "stage": [{"use": NAME}]})
     assert torch.all(total_variation(smooth.image, 0.01) < total_variation(plain.image, 0.01))
 
 
 def test_mean_lock_keeps_the_input_colour(gs_run, gs_faces, gs_recorder):
-    run = gs_run({"sampler": DDPM, "stage": [{"use": "$name-mean"}]}, recorder=gs_recorder)
+    run = gs_run({"sampler": DDPM, "stage": [{"use": MEAN}]}, recorder=gs_recorder)
     for step in run.steps:
         target = math.sqrt(run.ctx.abar(step.t_prev)) * gs_faces.mean(dim=(2, 3))
         assert torch.allclose(step.x_prev.mean(dim=(2, 3)), target, atol=1e-5)
-    assert gs_recorder.count("project", "$name-mean") == len(run.steps) == 10
+    assert gs_recorder.count("project", MEAN) == len(run.steps) == 10
 
 
 def test_demo_recipe_runs(gs_run, gs_faces):
-    run = gs_run("$name-demo", overrides=["sampler.steps=5"])
+    run = gs_run(f"{NAME}-demo", overrides=["sampler.steps=5"])
     assert run.image.shape == gs_faces.shape
     assert torch.isfinite(run.image).all()
 ''')

@@ -11,6 +11,7 @@ already has 32 channels, GroupNorm's minimum), so its golden runs the full-width
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -217,7 +218,8 @@ def test_sdedit_checkpoint_loads_as_a_diffusers_prior(monkeypatch, tmp_path, reg
 
 
 def constant_variance(net: ADMUNet, value: float) -> ADMPrior:
-    """The tiny network with its variance head forced to ``v = value`` everywhere."""
+    """A copy of the tiny network with its variance head forced to ``v = value`` everywhere."""
+    net = copy.deepcopy(net)
     conv = net.out[2]
     conv.weight.data[3:] = 0
     conv.bias.data[3:] = value

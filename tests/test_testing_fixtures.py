@@ -20,6 +20,7 @@ from guidestack.testing import (
     HookRecorder,
     face_batch,
     make_observation,
+    make_recipe,
     registry_with,
     run_trajectory,
     tiny_prior,
@@ -175,3 +176,14 @@ def test_registry_with_checks_the_plugin_api_version():
 def test_make_recipe_reports_bad_stage_options(gs_run):
     with pytest.raises(RecipeError, match=r"stage\[0\]\.weight"):
         gs_run({"stage": [{"use": "smooth-semantics", "weight": -1}]})
+
+
+def test_dict_recipes_get_per_prior_tables_for_the_prior(gs_registry, gs_prior):
+    raw = {
+        "sampler": {"kind": "ddpm"},
+        "stage": [{"use": "smooth-semantics"}],
+        "per_prior": {"gaussian": {"stage": {"smooth-semantics": {"weight": 3.0}}}},
+    }
+    assert make_recipe(raw, gs_registry, prior=gs_prior).stages[0].weight == 3.0
+    assert make_recipe(raw, gs_registry).stages[0].weight == 1.0
+    assert "per_prior" in raw  # the caller's dict is left alone

@@ -1,8 +1,9 @@
 """The ``torch-module`` restorer: any trained restoration network, from a file.
 
-Two kinds of file:
+Three kinds of file:
 
-- a TorchScript file (``torch.jit.save``): nothing else needed, any architecture;
+- a ``torch.export`` program (``.pt2``, ``torch.export.save``) or a TorchScript file
+  (``torch.jit.save``): nothing else needed, any architecture;
 - a state dict plus ``architecture = "<name>"``: the name of an architecture registered with
   :func:`register_architecture` (plugins add theirs; ``residual-cnn`` is built in), built with
   ``arch_options`` and loaded strictly.  ``key`` picks a nested dict (``params_ema``...).
@@ -59,7 +60,7 @@ register_architecture("residual-cnn", ResidualCNN)
 
 
 class TorchModuleOptions(RestorerOptions):
-    path: str = Field(description="TorchScript file, or state dict file with architecture")
+    path: str = Field(description="torch.export (.pt2) or TorchScript file, or a state dict with architecture")
     architecture: str | None = Field(None, description="registered architecture of a state dict (none: TorchScript)")
     arch_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the architecture")
     key: str | None = Field(None, description="nested entry holding the state dict (e.g. params_ema, state_dict)")
@@ -90,6 +91,11 @@ def _load(options: TorchModuleOptions) -> nn.Module:
 
 
 def _read(path: Path, options: TorchModuleOptions) -> nn.Module:
+    if options.architecture is None and path.suffix == ".pt2":
+        try:
+            return torch.export.load(str(path)).module()
+        except Exception as exc:  # noqa: BLE001
+            raise InputError(f"torch-module restorer: {path} is not a torch.export file: {exc}") from exc
     if options.architecture is None:
         try:
             net = torch.jit.load(str(path), map_location="cpu")

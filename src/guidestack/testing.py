@@ -19,6 +19,7 @@ heavy at module level: torch and the engine are imported inside the functions.
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -169,8 +170,14 @@ def make_recipe(
     overrides: Iterable[str] = (),
 ) -> Recipe:
     """A validated recipe from a dict (``description`` optional), a recipe name or ``.toml``
-    path (``per_prior`` tables applied for ``prior``), or an already validated recipe."""
-    from guidestack.engine.recipe import Recipe, apply_override, load_recipe, validate
+    path, or an already validated recipe; ``per_prior`` tables are applied for ``prior``."""
+    from guidestack.engine.recipe import (
+        Recipe,
+        apply_override,
+        apply_per_prior,
+        load_recipe,
+        validate,
+    )
 
     if isinstance(recipe, Recipe):
         return recipe
@@ -179,7 +186,9 @@ def make_recipe(
         name = getattr(prior, "name", None)
         kind = getattr(prior, "kind", None)
         return load_recipe(recipe, registry, overrides, prior_name=name, prior_kind=kind)
-    raw = {"description": "test recipe", **dict(recipe)}
+    raw = copy.deepcopy({"description": "test recipe", **dict(recipe)})
+    if prior is not None:
+        raw = apply_per_prior(raw, prior.name, prior.kind, "<test>")
     for assignment in overrides:
         apply_override(raw, assignment, "<test>")
     return validate(raw, registry, "<test>")
