@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from .config import GuidanceConfig, PriorConfig, SamplerConfig
-from .errors import RecipeError
+from .errors import PluginError, RecipeError
 from .registry import Registry
 from .stage import StageOptions
 
@@ -79,8 +79,15 @@ def recipe_index(registry: Registry) -> dict[str, tuple[str, Traversable | Path]
     index: dict[str, tuple[str, Traversable | Path]] = {}
     for plugin, folder in registry.recipe_folders:
         for item in sorted(folder.iterdir(), key=lambda p: p.name):
-            if item.name.endswith(".toml"):
-                index.setdefault(item.name[: -len(".toml")], (plugin, item))
+            if not item.name.endswith(".toml"):
+                continue
+            name = item.name[: -len(".toml")]
+            if name in index and index[name][0] != plugin:
+                raise PluginError(
+                    f"recipe name '{name}' is provided by plugin '{index[name][0]}' and by plugin "
+                    f"'{plugin}'. Uninstall or block one of them (GUIDESTACK_BLOCK_PLUGINS={plugin})."
+                )
+            index[name] = (plugin, item)
     return index
 
 
@@ -113,8 +120,9 @@ def read_recipe_file(
                     )
                 ],
             )
-        _, item = index[ref]
-        label, text, base = f"{ref} (built-in)", item.read_text(encoding="utf-8"), None
+        plugin, item = index[ref]
+        origin = "built-in" if plugin == "builtin" else f"plugin {plugin}"
+        label, text, base = f"{ref} ({origin})", item.read_text(encoding="utf-8"), None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -52,6 +52,16 @@ $module = ["recipes/*.toml"]
 
 [tool.pytest.ini_options]
 testpaths = ["tests"]
+
+[tool.ruff]
+line-length = 100
+target-version = "py311"
+
+[tool.ruff.lint]
+select = ["E", "F", "W", "I", "B", "UP", "SIM"]
+
+[tool.ruff.lint.isort]
+known-first-party = ["$module"]
 """)
 
 INIT = Template('''\
@@ -86,19 +96,20 @@ def register(registry: Registry) -> None:
 ''')
 
 STAGES = Template('''\
-"""The stages of the $name plugin: each class is what one ``[[stage]]`` table of a recipe
-configures.  Replace them with your own (docs/plugins.md lists every hook)."""
+"""Stages of the plugin $name.
+
+Each class is what one ``[[stage]]`` table of a recipe configures.  Replace them with your own
+(guidestack's docs/plugins.md lists every hook)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-from pydantic import Field
-
 from guidestack.engine.context import RunContext, StepState
 from guidestack.engine.hookspecs import hookimpl
 from guidestack.engine.stage import GuidanceOptions, Stage, StageOptions
+from pydantic import Field
 
 
 class TotalVariationOptions(GuidanceOptions):
@@ -182,16 +193,18 @@ use = "$name-mean"
 """)
 
 TESTS = Template('''\
-"""Tests of the $name plugin with the fixtures guidestack gives pytest (guidestack.testing):
-gs_registry, gs_prior (tiny exact 16x16 face prior), gs_faces, gs_run, gs_recorder."""
+"""Tests of the plugin $name.
+
+They use the fixtures guidestack gives pytest (guidestack.testing): gs_registry, gs_prior (a
+tiny exact 16x16 face prior), gs_faces, gs_run and gs_recorder."""
 
 from __future__ import annotations
 
 import math
 
 import torch
-
 from guidestack.engine.recipe import recipe_index
+
 from $module.stages import total_variation
 
 NAME = "$name"

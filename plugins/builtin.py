@@ -8,11 +8,13 @@ import os
 from importlib.resources import files
 from pathlib import Path
 
-from guidestack.engine.hookspecs import hookimpl
+from guidestack.engine.hookspecs import HOOK_API_VERSION, hookimpl
 from guidestack.engine.registry import Registry
 
 from .restorers.classical import CLASSICAL_RESTORERS
 from .restorers.torch_module import TorchModuleRestorer
+
+hook_api_version = HOOK_API_VERSION
 
 #: modules with a ``contribute(registry)`` function, one per method family; each adds its stages,
 #: restorers or degradations.  Order only matters for listings.

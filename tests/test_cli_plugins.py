@@ -148,3 +148,12 @@ def test_new_plugin_package_installs_and_its_tests_pass(tmp_path, capsys):
     assert "5 passed" in tests.stdout
     assert not (root / "build").exists()  # built from a copy: the package folder stays clean
     assert os.listdir(site)
+
+
+def test_new_plugin_package_is_lint_clean(tmp_path):
+    """With its own ruff settings; long names must not push lines past the line length."""
+    root, _ = scaffold("abcdefghij-abcdefghij-abcdefghij", tmp_path)
+    for args in (["check"], ["format", "--check"]):
+        cmd = [sys.executable, "-m", "ruff", *args, "--no-cache", "."]  # its own [tool.ruff]
+        done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=TIMEOUT)
+        assert done.returncode == 0, done.stdout + done.stderr

@@ -9,11 +9,11 @@ import torch
 import toys
 from conftest import EXAMPLES
 
+from guidestack.engine import steps
 from guidestack.engine.context import Observation
 from guidestack.engine.errors import InputError, RecipeError
 from guidestack.engine.recipe import load_recipe, validate
 from guidestack.engine.run import run_recipe
-from guidestack.engine import steps
 from guidestack.engine.schedule import ddim_timesteps, step_pairs
 from guidestack.plugins.stages.difface import fill_missing
 
@@ -83,7 +83,9 @@ def test_perfect_restorer_with_eta_zero_is_ddim_from_the_noised_clean_image(regi
     def abar(t: int) -> float:
         return 1.0 if t < 0 else float(prior.alphas_cumprod[t])
 
-    eps = torch.stack([torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds])
+    eps = torch.stack(
+        [torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(s)) for s in seeds]
+    )
     z = (math.sqrt(abar(400)) * x + math.sqrt(1 - abar(400)) * eps).double()
     for t, t_prev in step_pairs(ddim_timesteps(250)[ddim_timesteps(250).index(400) :]):
         model_eps = prior(z, torch.full((2,), t)).eps
@@ -101,7 +103,9 @@ def test_output_diversity_over_seeds_grows_with_eta(registry):
     seeds = list(range(16))
     spread = []
     for eta in (0.0, 0.5, 1.0):
-        result, _ = run_recipe(difface(registry, eta=eta, start=100), prior, Observation(y), seeds, registry)
+        result, _ = run_recipe(
+            difface(registry, eta=eta, start=100), prior, Observation(y), seeds, registry
+        )
         spread.append(result.image.std(dim=0).mean().item())
     assert spread[0] * 1.03 < spread[1] and spread[1] * 1.05 < spread[2], spread
     assert spread[0] > 0.05  # even eta 0 differs over seeds: the start noise
@@ -112,8 +116,18 @@ def test_builtin_recipe_calls_the_model_once_per_visited_step(registry, faces, t
 
     from guidestack.engine.cli import main
 
-    code = main(["run", "difface", str(EXAMPLES / "astronaut_degraded.png"), "-o", str(tmp_path),
-                 "--prior", "gaussian-faces-64", "--quiet"])
+    code = main(
+        [
+            "run",
+            "difface",
+            str(EXAMPLES / "astronaut_degraded.png"),
+            "-o",
+            str(tmp_path),
+            "--prior",
+            "gaussian-faces-64",
+            "--quiet",
+        ]
+    )
     assert code == 0
     report = json.loads((tmp_path / "run.json").read_text())
     recipe = load_recipe("difface", registry, prior_name="gaussian-faces-64", prior_kind="gaussian")
@@ -141,7 +155,9 @@ def test_fill_missing_keeps_known_pixels_and_fills_holes_smoothly():
     assert torch.equal(out[:, :, mask[0, 0] == 0], y_holed[:, :, mask[0, 0] == 0])
     assert torch.equal(out[1], y[1])
     hole = out[0][:, mask[0, 0] == 1]
-    assert hole.min() >= y[0, 0, 0, 9] - 1e-6 and hole.max() <= y[0, 0, 0, 20] + 1e-6  # between its borders
+    assert (
+        hole.min() >= y[0, 0, 0, 9] - 1e-6 and hole.max() <= y[0, 0, 0, 20] + 1e-6
+    )  # between its borders
     # a constant image with a hole is filled with that constant
     flat = torch.full((1, 3, 16, 16), 0.3)
     m = torch.zeros(1, 1, 16, 16)
@@ -165,7 +181,9 @@ def test_paste_known_final_and_every_step(registry, prior):
     sampler = {"kind": "ddim", "steps": 50, "eta": 1.0}
 
     def run(extra):
-        r = validate({"description": "t", "sampler": sampler, "stage": stages + extra}, registry, "<t>")
+        r = validate(
+            {"description": "t", "sampler": sampler, "stage": stages + extra}, registry, "<t>"
+        )
         return run_recipe(r, prior, obs, [1, 2], registry)[0].image
 
     plain = run([])
@@ -183,7 +201,9 @@ def test_paste_known_final_and_every_step(registry, prior):
     assert torch.equal(soft[~known], plain[~known])
     next_to_hole = (pasted - soft).abs()[..., 1, 3:7]
     assert next_to_hole.min() > 0  # blended in, not pasted hard
-    assert ((soft - y).abs() <= (plain - y).abs() + 1e-6)[known].all()  # a blend, never an overshoot
+    assert ((soft - y).abs() <= (plain - y).abs() + 1e-6)[
+        known
+    ].all()  # a blend, never an overshoot
 
 
 def test_paste_known_needs_a_mask(registry, prior):
@@ -195,11 +215,18 @@ def test_paste_known_needs_a_mask(registry, prior):
 def test_two_difface_starts_are_rejected_naming_both(registry):
     raw = {
         "description": "t",
-        "stage": [{"use": "difface", "id": "coarse"}, {"use": "difface", "id": "fine", "start": 200}],
+        "stage": [
+            {"use": "difface", "id": "coarse"},
+            {"use": "difface", "id": "fine", "start": 200},
+        ],
     }
     with pytest.raises(RecipeError) as info:
         validate(raw, registry, "<t>")
-    assert "coarse" in str(info.value) and "fine" in str(info.value) and "initial_latent" in str(info.value)
+    assert (
+        "coarse" in str(info.value)
+        and "fine" in str(info.value)
+        and "initial_latent" in str(info.value)
+    )
 
 
 def test_inpaint_recipe_refines_x0_onto_the_known_pixels_and_pastes_them_back(registry, prior):
@@ -219,7 +246,9 @@ def test_inpaint_recipe_refines_x0_onto_the_known_pixels_and_pastes_them_back(re
             seen.append((state.t, (state.x0 - y)[known].abs().max().item()))
 
     prior.calls.clear()
-    result, ctx = run_recipe(recipe, prior, Observation(holed, mask=mask), [3, 4], registry, callback=callback)
+    result, ctx = run_recipe(
+        recipe, prior, Observation(holed, mask=mask), [3, 4], registry, callback=callback
+    )
     assert prior.calls[0][0] == 480 and ctx.model_calls == len(seen) == 121
     # x0 -= 0.5 * d/dx0 sum((1-M)(x0-y)^2) puts every refined x0 exactly on y where known
     assert max(err for _, err in seen) < 1e-6

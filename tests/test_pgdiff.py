@@ -83,8 +83,13 @@ def make_ctx(reg, prior, obs) -> RunContext:
     from guidestack.engine.config import GuidanceConfig, SamplerConfig
 
     return RunContext(
-        prior=prior, observation=obs, timesteps=[999], sampler=SamplerConfig(), guidance=GuidanceConfig(),
-        generators=[torch.Generator().manual_seed(i) for i in range(obs.batch_size)], registry=reg,
+        prior=prior,
+        observation=obs,
+        timesteps=[999],
+        sampler=SamplerConfig(),
+        guidance=GuidanceConfig(),
+        generators=[torch.Generator().manual_seed(i) for i in range(obs.batch_size)],
+        registry=reg,
     )
 
 
@@ -92,7 +97,9 @@ def stage_loss(reg, prior, obs, options: dict, x0: torch.Tensor):
     """(loss [N], d sum(loss) / d x0) of one configured stage."""
     from guidestack.engine.context import StepState
 
-    recipe = validate({"description": "t", "sampler": {"kind": "ddpm"}, "stage": [options]}, reg, "<t>")
+    recipe = validate(
+        {"description": "t", "sampler": {"kind": "ddpm"}, "stage": [options]}, reg, "<t>"
+    )
     stage = reg.stage(options["use"])(recipe.stages[0])
     ctx = make_ctx(reg, prior, obs)
     stage.setup(ctx)
@@ -111,7 +118,9 @@ def test_property_losses_follow_the_formulas(reg, prior):
     mask[..., 2:5, 3:7] = 1
     obs = Observation(image=y, mask=mask)
 
-    loss, _ = stage_loss(reg, prior, obs, {"use": "smooth-semantics", "restorer": {"use": "identity"}}, x0)
+    loss, _ = stage_loss(
+        reg, prior, obs, {"use": "smooth-semantics", "restorer": {"use": "identity"}}, x0
+    )
     assert torch.allclose(loss, (x0 - y).pow(2).flatten(1).sum(1))
 
     loss, _ = stage_loss(reg, prior, obs, {"use": "lightness"}, x0)
@@ -119,7 +128,9 @@ def test_property_losses_follow_the_formulas(reg, prior):
     assert torch.allclose(loss, 3 * gray_err)  # gray repeated on 3 channels, as the official code
 
     loss, _ = stage_loss(reg, prior, obs, {"use": "lightness", "region": "known"}, x0)
-    assert torch.allclose(loss, 3 * ((x0.mean(1) - y.mean(1)).pow(2) * (1 - mask[:, 0])).flatten(1).sum(1))
+    assert torch.allclose(
+        loss, 3 * ((x0.mean(1) - y.mean(1)).pow(2) * (1 - mask[:, 0])).flatten(1).sum(1)
+    )
 
     loss, grad = stage_loss(reg, prior, obs, {"use": "unmasked-region"}, x0)
     assert torch.allclose(loss, ((1 - mask) * (x0 - y)).pow(2).flatten(1).sum(1))
@@ -142,17 +153,23 @@ def test_color_statistics_loss_target_and_gradient_options(reg, prior):
     assert torch.allclose(loss, (x0 - adain).pow(2).flatten(1).sum(1), atol=1e-5)
     assert torch.allclose(grad_sg, 2 * (x0 - adain), atol=1e-5)  # stop-gradient (paper)
 
-    _, grad_full = stage_loss(reg, prior, obs, {"use": "color-statistics", "stop_gradient": False}, x0)
+    _, grad_full = stage_loss(
+        reg, prior, obs, {"use": "color-statistics", "stop_gradient": False}, x0
+    )
     assert (grad_full - grad_sg).abs().max() > 1e-3  # the official code differentiates AdaIN too
 
-    _, grad_masked = stage_loss(reg, prior, obs, {"use": "color-statistics", "mask_gradient": True}, x0)
+    _, grad_masked = stage_loss(
+        reg, prior, obs, {"use": "color-statistics", "mask_gradient": True}, x0
+    )
     inside = mask.expand_as(x0) > 0
     assert grad_masked[inside].abs().max() == 0
     assert torch.allclose(grad_masked[~inside], grad_sg[~inside], atol=1e-6)
 
     # statistics of the reference: a sample whose own stats are the reference's has zero loss
     ref = obs.reference
-    loss, _ = stage_loss(reg, prior, obs, {"use": "color-statistics", "statistics": "reference"}, ref)
+    loss, _ = stage_loss(
+        reg, prior, obs, {"use": "color-statistics", "statistics": "reference"}, ref
+    )
     assert loss.max() < 1e-6
 
 
@@ -178,11 +195,15 @@ def test_stage_inputs_and_options_are_checked(reg, prior):
         with pytest.raises(InputError, match=flag):
             run_builtin(name, reg, prior, obs, [0], ["sampler.steps=2"])
     raw = {"description": "t", "sampler": {"kind": "ddpm"}}
-    recipe = validate({**raw, "stage": [{"use": "color-statistics", "statistics": "reference"}]}, reg, "<t>")
+    recipe = validate(
+        {**raw, "stage": [{"use": "color-statistics", "statistics": "reference"}]}, reg, "<t>"
+    )
     with pytest.raises(InputError, match="reference"):
         run_recipe(recipe, prior, obs, [0], reg)
     with pytest.raises(RecipeError, match="mean and std"):
-        validate({**raw, "stage": [{"use": "color-statistics", "statistics": "custom"}]}, reg, "<t>")
+        validate(
+            {**raw, "stage": [{"use": "color-statistics", "statistics": "custom"}]}, reg, "<t>"
+        )
     with pytest.raises(RecipeError, match="region"):
         validate({**raw, "stage": [{"use": "lightness", "region": "hole"}]}, reg, "<t>")
 
@@ -215,7 +236,10 @@ def test_repeats_feed_x_prev_back_at_the_same_t(reg, prior, renoise):
         "description": "t",
         "sampler": {"kind": "ddpm", "steps": 10},
         "guidance": {"rule": "dynamic", "scale": 0.5, "repeats": 3, "renoise": renoise},
-        "stage": [{"use": "smooth-semantics", "restorer": {"use": "identity"}}, {"use": "record-repeats"}],
+        "stage": [
+            {"use": "smooth-semantics", "restorer": {"use": "identity"}},
+            {"use": "record-repeats"},
+        ],
     }
     y = faces("hq", 1)
     _, ctx = run_recipe(validate(raw, reg, "<t>"), prior, Observation(image=y), [0], reg)
@@ -238,7 +262,12 @@ def test_guidance_is_batch_invariant(reg, prior):
         "stage": [
             {"use": "smooth-semantics", "restorer": {"use": "gaussian-blur", "sigma": 1.0}},
             {"use": "lightness", "region": "known", "restorer": {"use": "median"}},
-            {"use": "color-statistics", "weight": 0.5, "mask_gradient": True, "stop_gradient": False},
+            {
+                "use": "color-statistics",
+                "weight": 0.5,
+                "mask_gradient": True,
+                "stop_gradient": False,
+            },
             {"use": "unmasked-region"},
         ],
     }
@@ -301,8 +330,14 @@ def test_clipped_x0_is_what_the_losses_see():
 
     r = load_registry(blocked=set(), entry_points=False)
     r.add_stage(Spy)
-    raw = {"description": "t", "sampler": {"kind": "ddpm", "steps": 5}, "stage": [{"use": "spy-x0"}]}
-    run_recipe(validate(raw, r, "<t>"), NoNoisePrior(), Observation(image=torch.zeros(1, 3, 8, 8)), [0], r)
+    raw = {
+        "description": "t",
+        "sampler": {"kind": "ddpm", "steps": 5},
+        "stage": [{"use": "spy-x0"}],
+    }
+    run_recipe(
+        validate(raw, r, "<t>"), NoNoisePrior(), Observation(image=torch.zeros(1, 3, 8, 8)), [0], r
+    )
     assert len(seen) == 5 and max(seen) == 1.0
 
 
@@ -338,7 +373,9 @@ def test_inpainting_a_newcomer_beats_a_flat_fill(reg, prior):
     known = 1 - mask
     fill = (y * known).flatten(2).sum(2) / known.flatten(2).sum(2)
     flat = y * known + mask * fill[..., None, None]
-    result, _ = run_builtin("inpaint", reg, prior, Observation(image=y, mask=mask), [0, 1, 2, 3], ["sampler.steps=50"])
+    result, _ = run_builtin(
+        "inpaint", reg, prior, Observation(image=y, mask=mask), [0, 1, 2, 3], ["sampler.steps=50"]
+    )
     ours, baseline = psnr(result.image, x, mask).mean(), psnr(flat, x, mask).mean()
     assert ours > baseline + 1.0, (ours, baseline)
 
@@ -348,7 +385,12 @@ def test_colorization_keeps_lightness_and_reaches_target_statistics(reg, prior):
     gray = x.mean(1, keepdim=True).expand_as(x).contiguous()
     obs = Observation(image=gray, reference=x)
     result, _ = run_builtin(
-        "colorize", reg, prior, obs, [0, 1, 2, 3], ["sampler.steps=50", 'stage.color-statistics.statistics="reference"']
+        "colorize",
+        reg,
+        prior,
+        obs,
+        [0, 1, 2, 3],
+        ["sampler.steps=50", 'stage.color-statistics.statistics="reference"'],
     )
     out = result.image
     assert psnr(out.mean(1, keepdim=True), gray[:, :1]).min() >= 30.0
@@ -358,7 +400,12 @@ def test_colorization_keeps_lightness_and_reaches_target_statistics(reg, prior):
     assert (std - target_std).abs().max() <= 0.1
     # the statistics are what moves the colours: without them the channels stay further away
     plain, _ = run_builtin(
-        "colorize", reg, prior, obs, [0, 1, 2, 3], ["sampler.steps=50", "stage.color-statistics.weight=0"]
+        "colorize",
+        reg,
+        prior,
+        obs,
+        [0, 1, 2, 3],
+        ["sampler.steps=50", "stage.color-statistics.weight=0"],
     )
     plain_mean, _ = channel_stats(plain.image)
     assert (plain_mean - target_mean).abs().mean() > (mean - target_mean).abs().mean()
@@ -367,8 +414,13 @@ def test_colorization_keeps_lightness_and_reaches_target_statistics(reg, prior):
 def test_restoration_beats_the_degraded_input(reg, prior):
     x = faces("hq", 4)
     g = torch.Generator().manual_seed(0)
-    y = (kornia.filters.gaussian_blur2d(x, (7, 7), (1.0, 1.0)) + 0.15 * torch.randn(x.shape, generator=g)).clamp(-1, 1)
-    result, _ = run_builtin("restore", reg, prior, Observation(image=y), [0, 1, 2, 3], ["sampler.steps=50"])
+    y = (
+        kornia.filters.gaussian_blur2d(x, (7, 7), (1.0, 1.0))
+        + 0.15 * torch.randn(x.shape, generator=g)
+    ).clamp(-1, 1)
+    result, _ = run_builtin(
+        "restore", reg, prior, Observation(image=y), [0, 1, 2, 3], ["sampler.steps=50"]
+    )
     ours, degraded = psnr(result.image, x).mean(), psnr(y, x).mean()
     assert ours > degraded + 1.0, (ours, degraded)
 
@@ -378,8 +430,12 @@ def test_old_photo_keeps_lightness_outside_the_scratches(reg, prior):
     gray = x.mean(1, keepdim=True).expand_as(x).contiguous()
     mask = box_mask(2, (10, 20), (10, 50))
     y = gray * (1 - mask) + mask
-    result, _ = run_builtin("old-photo", reg, prior, Observation(image=y, mask=mask), [0, 1], ["sampler.steps=50"])
-    blurred = kornia.filters.gaussian_blur2d(y, (9, 9), (1.0, 1.0))  # the recipe's restorer here
+    result, ctx = run_builtin(
+        "old-photo", reg, prior, Observation(image=y, mask=mask), [0, 1], ["sampler.steps=50"]
+    )
+    assert ctx.report["restorer_calls"] == {"lightness": 1}
+    recipe = load_recipe("old-photo", reg, prior_name=prior.name, prior_kind=prior.kind)
+    blurred = recipe.stages[0].restorer.build(reg)(y)  # the recipe's restorer for this prior
     known = 1 - mask
     gray_out = result.image.mean(1, keepdim=True)
     lightness = psnr(gray_out, blurred[:, :1], known)
@@ -389,3 +445,35 @@ def test_old_photo_keeps_lightness_outside_the_scratches(reg, prior):
     assert (scratch < 0.7).all(), scratch
     mean, _ = channel_stats(result.image)
     assert (mean[:, 0] > mean[:, 2]).all()  # CelebA-HQ's warm tone: more red than blue
+
+
+@pytest.fixture(scope="module")
+def tiny_diffusers(tmp_path_factory):
+    from guidestack.plugins.priors.diffusers_prior import load_diffusers_prior
+    from guidestack.plugins.priors.tiny import save_tiny_unet
+
+    folder = save_tiny_unet(tmp_path_factory.mktemp("unet") / "tiny", sample_size=16)
+    return load_diffusers_prior(str(folder))
+
+
+@pytest.mark.parametrize("name", ["restore", "colorize", "inpaint", "old-photo"])
+def test_recipes_run_with_paper_defaults_on_a_diffusers_prior(reg, tiny_diffusers, name):
+    """A diffusers prior gets the paper's rules and scales (no per-prior table applies); the
+    random tiny UNet only proves the plumbing, not the quality."""
+    prior = tiny_diffusers
+    recipe = load_recipe(
+        name, reg, ["sampler.steps=8"], prior_name=prior.name, prior_kind=prior.kind
+    )
+    paper = {
+        "restore": ("mean_shift", 0.1),
+        "colorize": ("dynamic_channel", 0.01),
+        "inpaint": ("dynamic", 0.01),
+        "old-photo": ("dynamic_channel", 0.002),
+    }[name]
+    assert (recipe.guidance.rule, recipe.guidance.scale) == paper
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    mask = torch.zeros(2, 1, 16, 16)
+    mask[..., 4:8, 4:12] = 1
+    result, ctx = run_recipe(recipe, prior, Observation(image=x, mask=mask), [0, 1], reg)
+    assert result.image.shape == x.shape and torch.isfinite(result.image).all()
+    assert ctx.model_calls == 8

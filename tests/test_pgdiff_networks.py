@@ -114,10 +114,22 @@ def test_identity_needs_a_reference_and_an_existing_file(reg, prior, random_face
         run_recipe(recipe(reg, [stage]), prior, Observation(image=faces(1)), [0], reg)
     obs = Observation(image=faces(1), reference=faces(1))
     with pytest.raises(InputError, match="does not exist"):
-        run_recipe(recipe(reg, [{"use": "identity", "weights": str(tmp_path / "no.pt")}]), prior, obs, [0], reg)
+        run_recipe(
+            recipe(reg, [{"use": "identity", "weights": str(tmp_path / "no.pt")}]),
+            prior,
+            obs,
+            [0],
+            reg,
+        )
     torch.save({"conv.weight": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(InputError, match="does not fit InceptionResnetV1"):
-        run_recipe(recipe(reg, [{"use": "identity", "weights": str(tmp_path / "other.pt")}]), prior, obs, [0], reg)
+        run_recipe(
+            recipe(reg, [{"use": "identity", "weights": str(tmp_path / "other.pt")}]),
+            prior,
+            obs,
+            [0],
+            reg,
+        )
 
 
 def test_identity_guidance_moves_the_embedding_towards_the_reference(reg, prior, random_facenet):
@@ -165,7 +177,9 @@ def test_perceptual_backbone_file_reproduces_the_lpips_reference_values(reg, pri
     model = load_lpips("alex", lpips_backbone(), torch.device("cpu"))
 
     def load(name):
-        arr = np.asarray(Image.open(shared("lpips_examples", f"{name}.png")).convert("RGB"), dtype=np.float32)
+        arr = np.asarray(
+            Image.open(shared("lpips_examples", f"{name}.png")).convert("RGB"), dtype=np.float32
+        )
         return torch.from_numpy(arr / 127.5 - 1).permute(2, 0, 1)[None]
 
     ref, p0, p1 = load("ex_ref"), load("ex_p0"), load("ex_p1")
@@ -200,7 +214,12 @@ def test_perceptual_accepts_a_torchvision_checkpoint_in_the_cache(reg, prior, of
 def test_perceptual_guidance_lowers_lpips_to_the_target(reg, prior):
     x = faces(2)
     obs = Observation(image=x, reference=x.flip(0))
-    stage = {"use": "perceptual", "backbone": str(lpips_backbone()), "target": "reference", "weight": 1.0}
+    stage = {
+        "use": "perceptual",
+        "backbone": str(lpips_backbone()),
+        "target": "reference",
+        "weight": 1.0,
+    }
     guided, ctx = run_recipe(recipe(reg, [stage], steps=10, scale=0.2), prior, obs, [0, 1], reg)
     plain, _ = run_recipe(recipe(reg, [stage], steps=10, scale=0.0), prior, obs, [0, 1], reg)
     from guidestack.plugins.stages.perceptual import load_lpips
@@ -250,32 +269,54 @@ def test_torch_module_restorer_torchscript_and_state_dict(reg, prior, tmp_path):
     torch.jit.save(torch.jit.script(Shrink()), tmp_path / "shrink.pt")
     scripted = TorchModuleRestorer(TorchModuleRestorer.Options(path=str(tmp_path / "shrink.pt")))
     assert torch.allclose(scripted(y), 0.5 * y)
-    zero_one = TorchModuleRestorer(TorchModuleRestorer.Options(path=str(tmp_path / "shrink.pt"), range="0,1", size=32))
+    zero_one = TorchModuleRestorer(
+        TorchModuleRestorer.Options(path=str(tmp_path / "shrink.pt"), range="0,1", size=32)
+    )
     assert zero_one(y).shape == y.shape and zero_one(y).max() <= 0.0 + 1e-6  # (y+1)/4*2-1 <= 0
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         net = ResidualCNN(width=8, depth=3).eval()
-    torch.save({"params_ema": {f"module.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "cnn.pth")
-    options = {"path": str(tmp_path / "cnn.pth"), "architecture": "residual-cnn", "arch_options": {"width": 8, "depth": 3}, "key": "params_ema"}
+    torch.save(
+        {"params_ema": {f"module.{k}": v for k, v in net.state_dict().items()}},
+        tmp_path / "cnn.pth",
+    )
+    options = {
+        "path": str(tmp_path / "cnn.pth"),
+        "architecture": "residual-cnn",
+        "arch_options": {"width": 8, "depth": 3},
+        "key": "params_ema",
+    }
     restorer = TorchModuleRestorer(TorchModuleRestorer.Options(**options))
     with torch.no_grad():
         assert torch.allclose(restorer(y), net(y).clamp(-1, 1), atol=1e-6)
 
     exported = torch.export.export(Shrink(), (y[:1],))
     torch.export.save(exported, tmp_path / "shrink.pt2")
-    from_export = TorchModuleRestorer(TorchModuleRestorer.Options(path=str(tmp_path / "shrink.pt2")))
+    from_export = TorchModuleRestorer(
+        TorchModuleRestorer.Options(path=str(tmp_path / "shrink.pt2"))
+    )
     assert torch.allclose(from_export(y), 0.5 * y)
 
     with pytest.raises(InputError, match="does not fit"):
-        TorchModuleRestorer(TorchModuleRestorer.Options(**{**options, "arch_options": {"width": 16, "depth": 3}}))
+        TorchModuleRestorer(
+            TorchModuleRestorer.Options(**{**options, "arch_options": {"width": 16, "depth": 3}})
+        )
     with pytest.raises(InputError, match="TorchScript"):
         TorchModuleRestorer(TorchModuleRestorer.Options(path=str(tmp_path / "cnn.pth")))
     with pytest.raises(InputError, match="does not exist"):
         TorchModuleRestorer(TorchModuleRestorer.Options(path=str(tmp_path / "none.pt")))
     with pytest.raises(RecipeError, match="unknown architecture"):
         validate(
-            {"description": "t", "stage": [{"use": "smooth-semantics", "restorer": {"use": "torch-module", "path": "x", "architecture": "nope"}}]},
+            {
+                "description": "t",
+                "stage": [
+                    {
+                        "use": "smooth-semantics",
+                        "restorer": {"use": "torch-module", "path": "x", "architecture": "nope"},
+                    }
+                ],
+            },
             reg,
             "<t>",
         )
@@ -285,7 +326,12 @@ def test_torch_module_restorer_torchscript_and_state_dict(reg, prior, tmp_path):
 def test_restorer_calls_once_unless_it_depends_on_t(reg, prior, tmp_path, call, expected):
     module = Shrink() if call == "y" else TimeAware()
     torch.jit.save(torch.jit.script(module), tmp_path / "net.pt")
-    stage = {"use": "smooth-semantics", "restorer": {"use": "torch-module", "path": str(tmp_path / "net.pt"), "call": call}}
-    _, ctx = run_recipe(recipe(reg, [stage], steps=12), prior, Observation(image=faces(1)), [0], reg)
+    stage = {
+        "use": "smooth-semantics",
+        "restorer": {"use": "torch-module", "path": str(tmp_path / "net.pt"), "call": call},
+    }
+    _, ctx = run_recipe(
+        recipe(reg, [stage], steps=12), prior, Observation(image=faces(1)), [0], reg
+    )
     assert ctx.report["restorer_calls"] == {"smooth-semantics": expected}
     assert ctx.model_calls == 12

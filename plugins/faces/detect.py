@@ -96,11 +96,12 @@ def detect_faces(
     height, width = int(image.shape[1]), int(image.shape[2])
     scale = detection_scale(height, width, min_face, detect_side)
     size = (max(1, round(height * scale)), max(1, round(width * scale)))
-    pixels = (image.detach().float().clamp(-1, 1) + 1.0) * 127.5
-    if size != (height, width):
+    pixels = image.detach().float()
+    if size != (height, width):  # shrink first: the full-size photo is touched only once
         pixels = F.interpolate(
             pixels[None], size=size, mode="bilinear", antialias=True, align_corners=False
         )[0]
+    pixels = (pixels.clamp(-1, 1) + 1.0) * 127.5
     detector = load_detector(str(image.device))
     detector.min_face_size = max(12.0, 0.8 * min_face * scale)
     # MTCNN wants [H, W, 3]: a channels-last VIEW of contiguous [3, H, W] data turns back into

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -35,9 +36,9 @@ from .gaussian import GaussianPrior
 
 #: file name endings read as images (case-insensitive)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-#: components of the shipped prior: where held-out (leave-one-face-out) denoising error at
-#: t = 300..600 stops improving; more components shrink s2 and overfit the 14 faces (docs/prior.md)
-SHIPPED_COMPONENTS = 12
+#: components of the shipped prior: the middle of the plateau of held-out (leave-one-face-out)
+#: likelihood, where heavy-noise denoising error has stopped improving much (docs/prior.md)
+SHIPPED_COMPONENTS = 24
 SHIPPED_NAME = "gaussian-faces-64"
 SHIPPED_SIZE = 64
 #: a face used for fitting needs at least this MTCNN probability
@@ -46,6 +47,9 @@ ALIGN_THRESHOLD = 0.9
 NEAR_DUPLICATE = 0.95
 #: long side photos are shrunk to for detection when fitting (faces there are large)
 ALIGN_DETECT_SIDE = 640
+#: smallest face (box side, px) taken for the shipped prior: the deepface portraits' faces are
+#: >= 100 px, and a larger minimum lets big photos be searched at a lower resolution (faster)
+SHIPPED_MIN_FACE = 80
 
 
 # ------------------------------------------------------------------------------------ reading
@@ -130,12 +134,22 @@ def read_images(files: list[Path], size: int) -> tuple[torch.Tensor, dict[str, A
     return torch.stack(images), report
 
 
-def decode_photo(data: bytes) -> torch.Tensor:
-    """A whole photo's bytes as ``[3, H, W]`` float32 in [-1, 1] (EXIF orientation applied)."""
+def decode_photo(data: bytes, reduce: float = 1.0) -> tuple[torch.Tensor, float]:
+    """A whole photo's bytes as ``[3, H, W]`` float32 in [-1, 1] (EXIF orientation applied) and
+    the scale it was decoded at.
+
+    ``reduce < 1`` lets a JPEG be decoded at 1/2, 1/4 or 1/8 of its size (the largest reduction
+    that keeps at least ``reduce`` of it): several times faster for big photos.
+    """
     with Image.open(io.BytesIO(data)) as opened:
+        width = opened.size[0]
+        if reduce < 1.0 and opened.format == "JPEG":
+            w, h = opened.size
+            opened.draft("RGB", (math.ceil(w * reduce), math.ceil(h * reduce)))
+        scale = opened.size[0] / width
         image = _to_rgb(ImageOps.exif_transpose(opened))
-    array = np.asarray(image, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
+    array = np.asarray(image, dtype=np.float32) * (1.0 / 127.5) - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1), scale
 
 
 def default_min_face(size: int) -> float:
@@ -196,13 +210,14 @@ def read_aligned_faces(
             duplicates.append({"file": str(path), "same_as": seen[digest]})
             continue
         try:
-            photo = decode_photo(data)
+            # a face of min_face px must keep >= size / 2 px (see default_min_face)
+            photo, scale = decode_photo(data, reduce=size / (2.0 * min_face))
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             skipped.append({"file": str(path), "reason": f"not a readable image ({exc})"})
             continue
         seen[digest] = str(path)
-        found = detect_faces(photo, min_face=min_face, detect_side=detect_side)
-        kept, notes = select_faces(found, threshold=threshold, min_face=min_face)
+        found = detect_faces(photo, min_face=min_face * scale, detect_side=detect_side)
+        kept, notes = select_faces(found, threshold=threshold, min_face=min_face * scale)
         kept = sorted(kept, key=lambda d: -d.size)[:max_faces]
         if not kept:
             reason = f"no face with probability >= {threshold} and >= {min_face:g} px"
@@ -240,7 +255,8 @@ def read_aligned_faces(
                 {
                     "face": name,
                     "prob": round(face.prob, 4),
-                    "size": round(face.size, 1),
+                    "size": round(face.size / scale, 1),
+                    "decoded_at": scale,
                     "landmarks": landmarks.tolist(),
                 }
             )
@@ -451,16 +467,15 @@ def fit_command(
 
 
 def shipped_prior_files(data_dir: str | Path) -> list[Path]:
-    """The files the shipped prior is fitted on: ``faces/hq/*.png`` and ``faces/identity/ref_*.png``
-    (the HQ references, not the degraded ``ref_lq_*``)."""
+    """The photos the shipped prior is fitted on, in this order: ``faces/hq/*.png``,
+    ``faces/identity/img*.jpg`` and ``faces/identity/ref_*.png`` (the HQ references, not the
+    degraded ``ref_lq_*``): every face image PROVENANCE.md allows the prior to be fitted on."""
     data_dir = Path(data_dir)
+    identity = data_dir / "faces" / "identity"
     hq = sorted((data_dir / "faces" / "hq").glob("*.png"))
-    refs = sorted(
-        p
-        for p in (data_dir / "faces" / "identity").glob("ref_*.png")
-        if not p.name.startswith("ref_lq_")
-    )
-    return hq + refs
+    photos = sorted(identity.glob("img*.jpg"))
+    refs = sorted(p for p in identity.glob("ref_*.png") if not p.name.startswith("ref_lq_"))
+    return hq + photos + refs
 
 
 def refit_shipped_prior(
@@ -468,24 +483,34 @@ def refit_shipped_prior(
 ) -> tuple[GaussianPrior, dict[str, Any]]:
     """Rebuild ``gaussian-faces-64`` from the shared test data (see docs/prior.md, provenance).
 
-    The seven ``identity/ref_*.png`` are byte-identical to ``hq/pgdiff_*.png``; duplicates are
-    dropped, so the fit sees 14 distinct faces (28 with flips).
+    Every photo goes through the run-time alignment (MTCNN + FFHQ template), the already aligned
+    faces/hq too, so all faces share one framing.  One face per photo, the largest (the
+    portrait's subject; bystanders are small or out of focus), with probability >= 0.9 and a box
+    of >= :data:`SHIPPED_MIN_FACE` px.  The seven ``identity/ref_*.png`` are byte-identical to
+    ``hq/pgdiff_*.png`` and ``img11_reflection.jpg`` is ``img11.jpg`` mirrored: dropped as
+    duplicates, so the fit sees 75 distinct faces (150 with flips).
     """
     files = shipped_prior_files(data_dir)
-    images, report = read_images(files, SHIPPED_SIZE)
-    names = [Path(f).parent.name + "/" + Path(f).name for f in report["files"]]
+    images, report = read_aligned_faces(
+        files, SHIPPED_SIZE, threshold=ALIGN_THRESHOLD, min_face=SHIPPED_MIN_FACE, max_faces=1
+    )
     prior = fit_gaussian_prior(
         images,
         SHIPPED_COMPONENTS,
         flips=True,
         name=SHIPPED_NAME,
         source=(
-            f"probabilistic PCA of {images.shape[0]} distinct aligned faces (+ mirror images) from "
-            "guidestack's shared test data: faces/hq (CelebA-HQ via DDNM, FFHQ via DPS, PGDiff "
-            "reference faces) and faces/identity/ref_* (duplicates of the PGDiff ones); "
-            "derived statistics only, see docs/prior.md"
+            f"probabilistic PCA of {images.shape[0]} distinct faces (+ mirror images), aligned "
+            "with guidestack's MTCNN + FFHQ-template alignment, from guidestack's shared test "
+            "data: faces/hq (CelebA-HQ via DDNM, FFHQ via DPS, PGDiff reference faces) and "
+            "faces/identity img* (deepface test photos) and ref_* (duplicates of the PGDiff "
+            "ones); derived statistics only, see docs/prior.md"
         ),
-        metadata={"files": names},
+        metadata={
+            "files": [f["face"] for f in report["faces"]],
+            "alignment": report["alignment"],
+            "faces": report["faces"],
+        },
     )
     report.update(_summary(prior))
     if output is not None:

@@ -60,16 +60,28 @@ register_architecture("residual-cnn", ResidualCNN)
 
 
 class TorchModuleOptions(RestorerOptions):
-    path: str = Field(description="torch.export (.pt2) or TorchScript file, or a state dict with architecture")
-    architecture: str | None = Field(None, description="registered architecture of a state dict (none: TorchScript)")
-    arch_options: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the architecture")
-    key: str | None = Field(None, description="nested entry holding the state dict (e.g. params_ema, state_dict)")
+    path: str = Field(
+        description="torch.export (.pt2) or TorchScript file, or a state dict with architecture"
+    )
+    architecture: str | None = Field(
+        None, description="registered architecture of a state dict (none: TorchScript)"
+    )
+    arch_options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of the architecture"
+    )
+    key: str | None = Field(
+        None, description="nested entry holding the state dict (e.g. params_ema, state_dict)"
+    )
     call: Literal["y", "x_t,y,t"] = Field("y", description="the network's signature")
-    range: Literal["-1,1", "0,1"] = Field("-1,1", description="value range the network expects and returns")
-    size: int | None = Field(None, ge=8, le=4096, description="resize to this side for the network and back")
+    range: Literal["-1,1", "0,1"] = Field(
+        "-1,1", description="value range the network expects and returns"
+    )
+    size: int | None = Field(
+        None, ge=8, le=4096, description="resize to this side for the network and back"
+    )
 
     @model_validator(mode="after")
-    def _known_architecture(self) -> "TorchModuleOptions":
+    def _known_architecture(self) -> TorchModuleOptions:
         if self.architecture is not None and self.architecture not in ARCHITECTURES:
             known = ", ".join(sorted(ARCHITECTURES)) or "none"
             raise ValueError(f"unknown architecture '{self.architecture}' (registered: {known})")
@@ -84,7 +96,14 @@ def _load(options: TorchModuleOptions) -> nn.Module:
     if not path.is_file():
         raise InputError(f"torch-module restorer: {path} does not exist")
     stat = path.stat()
-    cache_key = (str(path.resolve()), stat.st_mtime, stat.st_size, options.architecture, repr(sorted(options.arch_options.items())), options.key)
+    cache_key = (
+        str(path.resolve()),
+        stat.st_mtime,
+        stat.st_size,
+        options.architecture,
+        repr(sorted(options.arch_options.items())),
+        options.key,
+    )
     if cache_key not in _LOADED:
         _LOADED[cache_key] = _read(path, options)
     return _LOADED[cache_key]
@@ -95,14 +114,16 @@ def _read(path: Path, options: TorchModuleOptions) -> nn.Module:
         try:
             return torch.export.load(str(path)).module()
         except Exception as exc:  # noqa: BLE001
-            raise InputError(f"torch-module restorer: {path} is not a torch.export file: {exc}") from exc
+            raise InputError(
+                f"torch-module restorer: {path} is not a torch.export file: {exc}"
+            ) from exc
     if options.architecture is None:
         try:
             net = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # noqa: BLE001
             raise InputError(
                 f"torch-module restorer: {path} is not a TorchScript file ({type(exc).__name__}); "
-                "for a state dict also set architecture = \"<name>\""
+                'for a state dict also set architecture = "<name>"'
             ) from exc
         return net.eval()
     try:
@@ -138,7 +159,9 @@ class TorchModuleRestorer(Restorer):
         # an instance attribute: the engine caches t-independent restorers once per run
         self.depends_on_t = self.options.call != "y"
 
-    def restore(self, y: torch.Tensor, x_t: torch.Tensor | None = None, t: int | None = None) -> torch.Tensor:
+    def restore(
+        self, y: torch.Tensor, x_t: torch.Tensor | None = None, t: int | None = None
+    ) -> torch.Tensor:
         o = self.options
         net = self.net.to(y.device)
         dtype = next(iter(net.parameters()), torch.empty(0)).dtype
@@ -169,5 +192,7 @@ class TorchModuleRestorer(Restorer):
         if self.options.range == "0,1":
             out = out * 2.0 - 1.0
         if tuple(out.shape[-2:]) != tuple(size):
-            out = F.interpolate(out, size=tuple(size), mode="bicubic", align_corners=False, antialias=True)
+            out = F.interpolate(
+                out, size=tuple(size), mode="bicubic", align_corners=False, antialias=True
+            )
         return out

@@ -73,20 +73,27 @@ def folder_statistics(path: str | Path) -> tuple[list[float], list[float]]:
 
 
 class ColorStatisticsOptions(GuidanceOptions):
-    weight: float = Field(0.05, ge=0.0, description="0.05 for colorization, 0.5 in old photo (official)")
+    weight: float = Field(
+        0.05, ge=0.0, description="0.05 for colorization, 0.5 in old photo (official)"
+    )
     statistics: Literal["celeba-hq", "custom", "reference", "folder"] = Field(
         "celeba-hq", description="where the target per-channel mean/std come from"
     )
-    mean: tuple[float, float, float] | None = Field(None, description="custom: R, G, B means in [-1, 1]")
+    mean: tuple[float, float, float] | None = Field(
+        None, description="custom: R, G, B means in [-1, 1]"
+    )
     std: tuple[float, float, float] | None = Field(None, description="custom: R, G, B stds (> 0)")
     path: str | None = Field(None, description="folder: a folder of images (or one image)")
-    stop_gradient: bool = Field(True, description="detach the AdaIN target (paper); false = official code")
+    stop_gradient: bool = Field(
+        True, description="detach the AdaIN target (paper); false = official code"
+    )
     mask_gradient: bool = Field(
-        False, description="no gradient inside the mask (the official old-photo code zeroes it there)"
+        False,
+        description="no gradient inside the mask (the official old-photo code zeroes it there)",
     )
 
     @model_validator(mode="after")
-    def _source_complete(self) -> "ColorStatisticsOptions":
+    def _source_complete(self) -> ColorStatisticsOptions:
         if self.statistics == "custom":
             if self.mean is None or self.std is None:
                 raise ValueError('statistics = "custom" needs both mean and std')

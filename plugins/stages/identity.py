@@ -37,9 +37,7 @@ from .properties import (
 )
 
 #: facenet-pytorch's VGGFace2 weights (the file ``InceptionResnetV1(pretrained="vggface2")`` fetches)
-WEIGHTS_URL = (
-    "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt"
-)
+WEIGHTS_URL = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt"
 DEFAULT_WEIGHT = {"cosine": 10.0, "mse": 25.0}
 
 
@@ -48,14 +46,16 @@ def default_weights_path() -> Path:
     return torch_home() / "checkpoints" / Path(WEIGHTS_URL).name
 
 
-def download_weights(dest: Path, url: str | None = None) -> Path:
+def download_weights(dest: Path, stage_id: str = "identity", url: str | None = None) -> Path:
     """Fetch the weights to ``dest``; :class:`InputError` saying what to do when offline."""
     url = url or WEIGHTS_URL
+    name = Path(url).name
     return fetch_weights(
         url,
         dest,
-        "identity: the face-embedding weights",
-        f'set the stage option weights = "/path/to/{Path(url).name}" (any InceptionResnetV1 state dict works)',
+        f"{stage_id}: the face-embedding weights",
+        f'set the stage option weights = "/path/to/{name}" (on the command line: --set '
+        f"stage.{stage_id}.weights=/path/to/{name}; any InceptionResnetV1 state dict works)",
     )
 
 
@@ -85,10 +85,19 @@ def load_embedder(path: Path, device: torch.device) -> torch.nn.Module:
 
 
 class IdentityOptions(GuidanceOptions):
-    weight: float | None = Field(None, ge=0.0, description="default: 10 for cosine (paper), 25 for mse (code)")
-    distance: Literal["cosine", "mse"] = Field("cosine", description="cosine: 1 - cos (paper); mse: sum of squares (code)")
-    weights: str | None = Field(None, description="InceptionResnetV1 state dict file (default: facenet-pytorch's cache, downloaded when online)")
-    size: int = Field(160, ge=80, le=512, description="side the images are resized to before embedding")
+    weight: float | None = Field(
+        None, ge=0.0, description="default: 10 for cosine (paper), 25 for mse (code)"
+    )
+    distance: Literal["cosine", "mse"] = Field(
+        "cosine", description="cosine: 1 - cos (paper); mse: sum of squares (code)"
+    )
+    weights: str | None = Field(
+        None,
+        description="InceptionResnetV1 state dict file (default: facenet-pytorch's cache, downloaded when online)",
+    )
+    size: int = Field(
+        160, ge=80, le=512, description="side the images are resized to before embedding"
+    )
 
 
 class Identity(Stage):
@@ -109,15 +118,19 @@ class Identity(Stage):
         else:
             path = default_weights_path()
             if not path.is_file():
-                download_weights(path)
-        self.net = cached_model(("identity", *file_key(path), str(ctx.device)), lambda: load_embedder(path, ctx.device))
+                download_weights(path, self.id)
+        self.net = cached_model(
+            ("identity", *file_key(path), str(ctx.device)), lambda: load_embedder(path, ctx.device)
+        )
         with torch.no_grad():
             self.reference = self.embed(reference.to(ctx.device, torch.float32))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Unit-norm embeddings ``[N, 512]`` of images in [-1, 1]."""
         s = self.options.size
-        resized = F.interpolate(x.float(), size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+        resized = F.interpolate(
+            x.float(), size=(s, s), mode="bilinear", align_corners=False, antialias=True
+        )
         # facenet's fixed_image_standardization: (255 * (x + 1) / 2 - 127.5) / 128
         return per_sample(self.net, resized * (127.5 / 128.0))
 

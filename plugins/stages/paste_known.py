@@ -47,7 +47,9 @@ class PasteKnown(Stage):
 
     def setup(self, ctx: RunContext) -> None:
         if ctx.observation.mask is None:
-            raise InputError(f"stage '{self.id}' pastes known pixels back and needs a mask (--mask)")
+            raise InputError(
+                f"stage '{self.id}' pastes known pixels back and needs a mask (--mask)"
+            )
 
     def _missing(self, ctx: RunContext, like: torch.Tensor) -> torch.Tensor:
         mask = ctx.observation.mask.to(device=like.device, dtype=like.dtype).clamp(0.0, 1.0)

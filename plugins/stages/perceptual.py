@@ -27,7 +27,15 @@ from guidestack.engine.hookspecs import hookimpl
 from guidestack.engine.refs import RestorerRef
 from guidestack.engine.restorer import restore
 
-from .properties import cached_model, fetch_weights, file_key, per_sample, require_input, sum_per_sample, user_file
+from .properties import (
+    cached_model,
+    fetch_weights,
+    file_key,
+    per_sample,
+    require_input,
+    sum_per_sample,
+    user_file,
+)
 from .smooth_semantics import RestorerTarget, SmoothSemanticsOptions
 
 #: torchvision's ImageNet backbones, as ``lpips`` would download them through torchvision
@@ -85,15 +93,24 @@ class PerceptualOptions(SmoothSemanticsOptions):
         default_factory=lambda: RestorerRef(use="identity"),
         description="target f(y) when target = restorer; identity: the observation itself",
     )
-    target: Literal["restorer", "reference"] = Field("restorer", description="compare x0 with f(y) or with the reference")
+    target: Literal["restorer", "reference"] = Field(
+        "restorer", description="compare x0 with f(y) or with the reference"
+    )
     net: Literal["alex", "vgg"] = Field("alex", description="LPIPS backbone")
-    backbone: str | None = Field(None, description="backbone state dict file (default: torchvision's cache, downloaded when online)")
-    reduction: Literal["sum", "mean"] = Field("sum", description="sum (PGDiff's loss scale) or mean of LPIPS's per-pixel map")
+    backbone: str | None = Field(
+        None,
+        description="backbone state dict file (default: torchvision's cache, downloaded when online)",
+    )
+    reduction: Literal["sum", "mean"] = Field(
+        "sum", description="sum (PGDiff's loss scale) or mean of LPIPS's per-pixel map"
+    )
 
 
 class Perceptual(RestorerTarget):
     name = "perceptual"
-    description = "Perceptual quality property: LPIPS (AlexNet/VGG) between x0 and f(y) or the reference."
+    description = (
+        "Perceptual quality property: LPIPS (AlexNet/VGG) between x0 and f(y) or the reference."
+    )
     Options = PerceptualOptions
 
     @classmethod
@@ -113,21 +130,29 @@ class Perceptual(RestorerTarget):
                 fetch_weights(
                     TORCHVISION_URLS[o.net],
                     path,
-                    f"perceptual: the ImageNet {o.net} backbone weights of LPIPS",
-                    f'set the stage option backbone = "/path/to/{path.name}"',
+                    f"{self.id}: the ImageNet {o.net} backbone weights of LPIPS",
+                    f'set the stage option backbone = "/path/to/{path.name}" (on the command '
+                    f"line: --set stage.{self.id}.backbone=/path/to/{path.name})",
                 )
-        self.model = cached_model(("lpips", o.net, *file_key(path), str(ctx.device)), lambda: load_lpips(o.net, path, ctx.device))
+        self.model = cached_model(
+            ("lpips", o.net, *file_key(path), str(ctx.device)),
+            lambda: load_lpips(o.net, path, ctx.device),
+        )
 
     def target(self, ctx: RunContext, state: StepState) -> torch.Tensor:
         if self.options.target == "reference":
             return ctx.observation.reference.to(device=state.x0.device, dtype=state.x0.dtype)
         y = ctx.observation.image
-        return restore(ctx, self.id, self.restorer, y, state.x_t, state.t).detach().to(state.x0.dtype)
+        return (
+            restore(ctx, self.id, self.restorer, y, state.x_t, state.t).detach().to(state.x0.dtype)
+        )
 
     @hookimpl
     def guidance_loss(self, ctx: RunContext, state: StepState) -> torch.Tensor:
         target = self.target(ctx, state).float()
         pairs = torch.cat([state.x0.float(), target], dim=1)
         maps = per_sample(lambda xy: self.model(xy[:, :3], xy[:, 3:]), pairs)
-        loss = sum_per_sample(maps) if self.options.reduction == "sum" else maps.flatten(1).mean(dim=1)
+        loss = (
+            sum_per_sample(maps) if self.options.reduction == "sum" else maps.flatten(1).mean(dim=1)
+        )
         return loss.to(state.x0.dtype)

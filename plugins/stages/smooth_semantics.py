@@ -49,7 +49,9 @@ class RestorerTarget(Stage):
 
 class SmoothSemantics(RestorerTarget):
     name = "smooth-semantics"
-    description = "PGDiff restoration property: ||x0 - f(y)||^2 with f a restorer (target detached)."
+    description = (
+        "PGDiff restoration property: ||x0 - f(y)||^2 with f a restorer (target detached)."
+    )
     Options = SmoothSemanticsOptions
 
     @hookimpl

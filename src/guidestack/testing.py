@@ -220,12 +220,11 @@ class HookRecorder:
     calls: list[HookCall] = field(default_factory=list)
 
     def instrument(self, registry: Registry) -> Registry:
-        from guidestack.engine.registry import Registry
-
         entries = {kind: dict(table) for kind, table in registry.entries.items()}
         for name, entry in entries.get("stage", {}).items():
             entries["stage"][name] = replace(entry, obj=self._recording(entry.obj))
-        return Registry(
+        return replace(
+            registry,
             entries=entries,
             recipe_folders=list(registry.recipe_folders),
             plugins={k: dict(v) for k, v in registry.plugins.items()},

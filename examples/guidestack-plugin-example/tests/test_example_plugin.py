@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from guidestack_example import plugin
-from guidestack_example.ilvr import low_pass
-from guidestack_example.symmetry import asymmetry
-
 from guidestack.engine.errors import RecipeError
 from guidestack.engine.recipe import recipe_index
 from guidestack.testing import make_recipe, registry_with
+
+from guidestack_example import plugin
+from guidestack_example.ilvr import low_pass
+from guidestack_example.symmetry import asymmetry
 
 DDPM = {"kind": "ddpm", "steps": 12}
 

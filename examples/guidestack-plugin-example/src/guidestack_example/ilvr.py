@@ -16,11 +16,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
-
 from guidestack.engine.context import RunContext, StepState
 from guidestack.engine.hookspecs import hookimpl
 from guidestack.engine.stage import Stage, StageOptions
+from pydantic import Field, model_validator
 
 
 class LowPassOptions(StageOptions):

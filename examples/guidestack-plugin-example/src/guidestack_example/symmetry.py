@@ -5,7 +5,8 @@ is free to invent an asymmetric one (one eye sharper, a lopsided jaw).  This sta
 per-sample loss ``1/2 ||W * (B(x0) - flip(B(x0)))||^2``: ``B`` blurs by ``sigma`` pixels
 (``sigma = 0``: no blur) so that only structure coarser than ``sigma`` is made symmetric, and
 ``W`` is a smooth bump over the centred box of relative size ``extent`` where an aligned face
-is, so the background and the shoulders may stay asymmetric.  The halving counts each mirrored pair once.
+is, so the background and the shoulders may stay asymmetric.  The halving counts each mirrored
+pair once.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import Field
-
 from guidestack.engine.context import RunContext, StepState
 from guidestack.engine.hookspecs import hookimpl
 from guidestack.engine.stage import GuidanceOptions, Stage
+from pydantic import Field
 
 
 class MirrorSymmetryOptions(GuidanceOptions):
@@ -85,7 +85,10 @@ def asymmetry(x: torch.Tensor, sigma: float = 0.0, extent: float = 1.0) -> torch
 
 class MirrorSymmetry(Stage):
     name = "mirror-symmetry"
-    description = "Guidance towards a left-right symmetric face: 1/2 ||W (B(x0) - flip(B(x0)))||^2, B a blur, W the face box."
+    description = (
+        "Guidance towards a left-right symmetric face: 1/2 ||W (B(x0) - flip(B(x0)))||^2, "
+        "B a blur, W the face box."
+    )
     Options = MirrorSymmetryOptions
 
     @hookimpl
