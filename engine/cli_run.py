@@ -344,9 +344,25 @@ def _run_batch(
                 "start_t": ctx.report.get("start_t"),
                 "outputs": [f"{item.name}.png", f"{item.name}_compare.png"]
                 + ([f"{item.name}_trajectory.png"] if args.trajectory else []),
-                "stages": {k2: v for k2, v in ctx.report.items() if k2 not in ("grid", "seeds")},
+                "stages": _per_sample(ctx.report, k, len(batch)),
             }
         )
+
+
+def _per_sample(report: dict[str, Any], k: int, n: int) -> dict[str, Any]:
+    """Sample ``k``'s share of a run report: lists with one entry per sample are split (the
+    convention stages follow for per-sample values), nested tables likewise."""
+    out: dict[str, Any] = {}
+    for key, value in report.items():
+        if key in ("grid", "seeds"):
+            continue
+        if isinstance(value, dict):
+            out[key] = _per_sample(value, k, n)
+        elif isinstance(value, list) and len(value) == n and n > 1:
+            out[key] = value[k]
+        else:
+            out[key] = value
+    return out
 
 
 def _item_report(item: Item) -> dict[str, Any]:

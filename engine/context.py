@@ -108,6 +108,8 @@ class RunContext:
     #: the plugin registry (stages use it to build referenced restorers)
     registry: Any = None
     model_calls: int = 0
+    #: facts for run.json; per-sample values are lists with one entry per sample (the CLI
+    #: gives each input its own entry)
     report: dict[str, Any] = field(default_factory=dict)
     #: called as ``callback(event, **info)`` for progress bars and trajectory recording
     callback: Callable[..., None] | None = None

@@ -27,7 +27,7 @@ from . import schedule as schedules
 from . import steps
 from .config import SamplerConfig
 from .context import InitialLatent, RunContext, StepState
-from .errors import NonFiniteError
+from .errors import GuidestackError, NonFiniteError, StageError
 from .guidance import dynamic_update, loss_gradient, mean_shift
 from .loop_api import RunResult
 from .stageset import StageSet
@@ -121,14 +121,25 @@ class Loop:
     def _total_loss(self, state: StepState) -> torch.Tensor | None:
         total = None
         for stage, loss in self.stages.call(
-            "guidance_loss", ctx=self.ctx, state=state, step=state.index, t=state.t
+            "guidance_loss",
+            ctx=self.ctx,
+            state=state,
+            step=state.index,
+            t=state.t,
+            where=lambda s: s.active(state.t),
         ):
-            if loss is None or not stage.active(state.t):
+            if loss is None:
                 continue
             if loss.dim() != 1 or loss.shape[0] != state.x0.shape[0]:
-                raise NonFiniteError(
-                    f"stage '{stage.id}' returned a loss of shape {tuple(loss.shape)}; "
-                    f"guidance losses must be per sample, shape [{state.x0.shape[0]}]"
+                shape = tuple(loss.shape)
+                raise StageError(
+                    stage.id,
+                    "guidance_loss",
+                    state.index,
+                    state.t,
+                    ValueError(
+                        f"returned shape {shape}; losses must be per sample, [{state.x0.shape[0]}]"
+                    ),
                 )
             state.losses[stage.id] = loss.detach()
             weighted = stage.weight * loss
@@ -236,8 +247,6 @@ def run_stages(ctx: RunContext, stages: StageSet) -> RunResult:
         try:
             stage.setup(ctx)
         except Exception as exc:
-            from .errors import GuidestackError, StageError
-
             if isinstance(exc, GuidestackError):
                 raise
             raise StageError(stage.id, "setup", None, None, exc) from exc

@@ -8,7 +8,7 @@ with the stage that raised it and the step it was at.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pluggy
@@ -65,14 +65,23 @@ class StageSet:
         return [stage for stage, _, _ in self._impls[hook]]
 
     def call(
-        self, hook: str, *, step: int | None = None, t: int | None = None, **kwargs: Any
+        self,
+        hook: str,
+        *,
+        step: int | None = None,
+        t: int | None = None,
+        where: Callable[[Stage], bool] | None = None,
+        **kwargs: Any,
     ) -> Iterator[tuple[Stage, Any]]:
-        """Call ``hook`` on every implementing stage in recipe order, yielding ``(stage, result)``.
+        """Call ``hook`` on every implementing stage in recipe order, yielding ``(stage, result)``;
+        ``where`` skips stages for which it is false (e.g. outside their window).
 
         Any exception that is not already a project error is wrapped in :class:`StageError`
         naming the stage, the hook and the step.
         """
         for stage, function, argnames in self._impls[hook]:
+            if where is not None and not where(stage):
+                continue
             try:
                 result = function(**{name: kwargs[name] for name in argnames})
             except GuidestackError:

@@ -25,7 +25,12 @@ from guidestack.engine.recipe import validate
 from guidestack.engine.run import run_recipe
 from guidestack.plugins.checkpoints import ModelCard, module_shapes
 from guidestack.plugins.priors import adm, sdedit
-from guidestack.plugins.priors.adm import ADM_PRESETS, ADMPreset, ADMPrior, build_unet, preset_shapes
+from guidestack.plugins.priors.adm import (
+    ADM_PRESETS,
+    ADMPreset,
+    ADMPrior,
+    preset_shapes,
+)
 from guidestack.plugins.priors.adm_unet import ADMConfig, ADMUNet
 
 ADM_NAMES = sorted(ADM_PRESETS)
@@ -193,7 +198,9 @@ def test_half_precision_torso(tiny, tmp_path):
     path = write(tiny, tmp_path / "tiny.pth")
     full = adm.load_adm_prior(path, "tiny-test")
     half = adm.load_adm_prior(path, "tiny-test", dtype="bfloat16")
-    assert half.unet.torso_dtype == torch.bfloat16 and half.unet.out[2].weight.dtype == torch.float32
+    assert (
+        half.unet.torso_dtype == torch.bfloat16 and half.unet.out[2].weight.dtype == torch.float32
+    )
     x, t = torch.randn(1, 3, 32, 32), torch.tensor([500])
     a, b = full(x, t), half(x, t)
     assert b.eps.dtype == torch.float32
@@ -206,7 +213,11 @@ def test_sdedit_checkpoint_loads_as_a_diffusers_prior(monkeypatch, tmp_path, reg
     state = seeded_state_dict(as_lists(sdedit.sdedit_shapes()), {})
     torch.save(state, tmp_path / "celeba_hq.ckpt")
     prior = load_prior(f"adm:{tmp_path / 'celeba_hq.ckpt'}", registry)
-    assert (prior.kind, prior.name, prior.learned_variance) == ("diffusers", "sdedit-celebahq-256", False)
+    assert (prior.kind, prior.name, prior.learned_variance) == (
+        "diffusers",
+        "sdedit-celebahq-256",
+        False,
+    )
     torch.testing.assert_close(prior.alphas_cumprod, adm.linear_alphas_cumprod(), rtol=1e-6, atol=0)
     unet = sdedit.build_unet(state)
     x, t = torch.randn(1, 3, 32, 32), torch.tensor([321])
@@ -240,7 +251,9 @@ def sample(prior, registry, variance: str) -> torch.Tensor:
 def test_learned_variance_drives_the_ddpm_step(tiny, registry):
     """v = +1 is the large variance beta, v = -1 the small one: 'auto' must follow v."""
     upper = constant_variance(tiny, 1.0)
-    torch.testing.assert_close(sample(upper, registry, "auto"), sample(upper, registry, "fixed_large"))
+    torch.testing.assert_close(
+        sample(upper, registry, "auto"), sample(upper, registry, "fixed_large")
+    )
     lower = constant_variance(tiny, -1.0)
     auto_low = sample(lower, registry, "auto")
     torch.testing.assert_close(auto_low, sample(lower, registry, "fixed_small"))

