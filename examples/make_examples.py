@@ -62,6 +62,26 @@ def main(skimage_data: str, mpl_sample: str) -> None:
         mask[..., SIZE // 2 : SIZE // 2 + SIZE // 4, SIZE // 4 : 3 * SIZE // 4] = 1.0
         _save(mask.expand(1, 3, SIZE, SIZE) * 2 - 1, HERE / f"{name}_mask.png")
         _save(clean * (1 - mask) + mask, HERE / f"{name}_masked.png")
+        old, scratches = _old_photo(clean, torch.Generator().manual_seed(len(name)))
+        _save(old, HERE / f"{name}_old.png")
+        _save(scratches.expand(1, 3, SIZE, SIZE) * 2 - 1, HERE / f"{name}_old_mask.png")
+
+
+def _old_photo(clean: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A faded, blurred, grainy grayscale print with white scratches; returns (photo, scratch mask)."""
+    gray = clean.mean(dim=1, keepdim=True)
+    soft = kornia.filters.gaussian_blur2d(gray, (5, 5), (1.0, 1.0))
+    faded = 0.75 * soft + 0.1 + 0.05 * torch.randn(soft.shape, generator=gen)
+    sepia = torch.cat([faded + 0.08, faded, faded - 0.08], dim=1)
+    mask = torch.zeros(1, 1, SIZE, SIZE)
+    for _ in range(3):  # thin, slightly slanted scratches
+        x0 = int(torch.randint(10, SIZE - 10, (1,), generator=gen))
+        slope = float(torch.empty(1).uniform_(-0.3, 0.3, generator=gen))
+        for y in range(SIZE):
+            x = int(round(x0 + slope * (y - SIZE / 2)))
+            if 0 <= x < SIZE - 1:
+                mask[..., y, x : x + 2] = 1.0
+    return sepia * (1 - mask) + mask, mask
 
 
 if __name__ == "__main__":

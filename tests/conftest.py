@@ -11,6 +11,10 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 EXAMPLES = REPO / "examples" / "faces"
 
+# The tests use tiny tensors, for which one thread is faster than two (and much faster when the
+# machine is busy); CLI subprocesses keep torch's default.
+torch.set_num_threads(1)
+
 
 def shared(*parts: str) -> Path:
     """A file in ../shared/data; the test is skipped with a clear reason if the data is absent."""

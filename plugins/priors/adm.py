@@ -27,6 +27,7 @@ torso in half precision as guided-diffusion's ``use_fp16`` does.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,7 +213,9 @@ def build_unet(
     return unet
 
 
+@functools.lru_cache(maxsize=16)
 def preset_shapes(config: ADMConfig) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of an :class:`ADMUNet` (built on the meta device: no memory, no init)."""
     with torch.device("meta"):
         return module_shapes(ADMUNet(config))
 

@@ -182,9 +182,9 @@ def read_aligned_faces(
     (default :func:`default_min_face`) are kept, the ``max_faces`` largest if given.  Photos
     without one are skipped; byte-identical files and near-identical faces (correlation >=
     :data:`NEAR_DUPLICATE` with an earlier face or its mirror image, e.g. a mirrored copy of a
-    photo) are dropped; all three are listed in the report.  Landmarks are rounded to 1/1000
-    pixel, so the last bits of the detector's arithmetic (which vary with the BLAS thread count)
-    do not change the crops.
+    photo) are dropped; all three are listed in the report.  Detection runs in float64 and the
+    landmarks are rounded to 1/1000 pixel, so the last bits of the detector's arithmetic (which
+    vary with the number of CPU threads) do not change the crops: refits are byte-identical.
     """
     from guidestack.plugins.faces.align import align_face
     from guidestack.plugins.faces.detect import detect_faces, select_faces
@@ -216,7 +216,7 @@ def read_aligned_faces(
             skipped.append({"file": str(path), "reason": f"not a readable image ({exc})"})
             continue
         seen[digest] = str(path)
-        found = detect_faces(photo, min_face=min_face * scale, detect_side=detect_side)
+        found = detect_faces(photo, min_face=min_face * scale, detect_side=detect_side, double=True)
         kept, notes = select_faces(found, threshold=threshold, min_face=min_face * scale)
         kept = sorted(kept, key=lambda d: -d.size)[:max_faces]
         if not kept:
