@@ -118,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_plugins import add_plugin_commands
 
     add_plugin_commands(sub)
+    ui = sub.add_parser("ui", help="browser UI (needs the ui extra: pip install 'guidestack[ui]')")
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    ui.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free)")
     return parser
 
 
@@ -160,6 +163,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _validate(args, default_registry())
     if args.command == "prior" and args.prior_command == "fit":
         return _prior_fit(args)
+    if args.command == "ui":
+        return _ui(args)
     if args.command in ("explain", "new-plugin"):
         from .cli_plugins import run_plugin_command
 
@@ -268,4 +273,19 @@ def _prior_fit(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+def _ui(args: argparse.Namespace) -> int:
+    try:  # gradio is an optional extra; the engine never imports it
+        import gradio  # noqa: F401
+        import tomli_w  # noqa: F401
+    except ImportError as exc:
+        raise UsageError(
+            f"`guidestack ui` needs the optional UI dependencies ({exc.name} is missing): "
+            "pip install 'guidestack[ui]'"
+        ) from exc
+    from guidestack.plugins.ui.app import serve
+
+    serve(args.host, args.port)
     return 0

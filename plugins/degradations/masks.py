@@ -42,6 +42,10 @@ class _Masking(Degradation):
             raise ValueError(f"mask batch {known.shape[0]} does not match images {x.shape[0]}")
         return x * known
 
+    def measure(self, y: torch.Tensor) -> torch.Tensor:
+        # the observation's missing pixels hold anything (white, noise): zero them like H does
+        return self(y)
+
 
 class MaskOptions(DegradationOptions):
     pass

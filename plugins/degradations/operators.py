@@ -7,8 +7,13 @@ from guidestack.engine.registry import Registry
 from .blind import BlindBlur
 from .blur import GaussianBlurKernel, MotionBlurKernel
 from .compose import Compose
+from .damage import FreeFormMask, RandomLines, RandomPixels, Scratches
+from .elastic import Elastic
 from .linear import Downsample, Grayscale, Identity
 from .masks import BoxMask, Mask, PixelSubsample
+from .noise import GaussianNoise, PoissonNoise
+from .photometric import Contrast, Desaturate, Jpeg, Pixelate
+from .random_pick import RandomDegradation
 
 DEGRADATIONS = (
     Identity,
@@ -24,6 +29,23 @@ DEGRADATIONS = (
 )
 
 
+#: the benchmark catalogue (each with severities 1..5; ``random`` draws from them)
+CATALOGUE = (
+    GaussianNoise,
+    PoissonNoise,
+    Jpeg,
+    Contrast,
+    Pixelate,
+    Desaturate,
+    Elastic,
+    RandomLines,
+    RandomPixels,
+    FreeFormMask,
+    Scratches,
+    RandomDegradation,
+)
+
+
 def contribute(registry: Registry) -> None:
-    for cls in DEGRADATIONS:
+    for cls in (*DEGRADATIONS, *CATALOGUE):
         registry.add_degradation(cls)

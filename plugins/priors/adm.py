@@ -48,6 +48,13 @@ from ..checkpoints import (
     read_state_dict,
 )
 from .adm_unet import ADMConfig, ADMUNet
+from .sdedit import (
+    SDEDIT_CARD,
+    SDEDIT_DESCRIPTION,
+    SDEDIT_PRESET,
+    load_sdedit_prior,
+    sdedit_shapes,
+)
 
 SCHEME = "adm"
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -222,8 +229,6 @@ def preset_shapes(config: ADMConfig) -> dict[str, tuple[int, ...]]:
 
 def detect_preset(shapes: dict[str, tuple[int, ...]]) -> str | None:
     """The preset (ADM or SDEdit) whose state-dict keys and shapes ``shapes`` are, if any."""
-    from .sdedit import SDEDIT_PRESET, sdedit_shapes
-
     for name, preset in ADM_PRESETS.items():
         if matches(preset_shapes(preset.config), shapes):
             return name
@@ -233,8 +238,6 @@ def detect_preset(shapes: dict[str, tuple[int, ...]]) -> str | None:
 
 
 def all_preset_names() -> list[str]:
-    from .sdedit import SDEDIT_PRESET
-
     return [*ADM_PRESETS, SDEDIT_PRESET]
 
 
@@ -246,8 +249,6 @@ def load_adm_prior(
     dtype: str | torch.dtype = "float32",
 ) -> Prior:
     """Load the checkpoint at ``path`` with ``preset`` (recognised from its shapes if ``None``)."""
-    from .sdedit import SDEDIT_PRESET, load_sdedit_prior
-
     _dtype(dtype)  # a bad dtype fails before reading hundreds of megabytes
     path = Path(path).expanduser()
     if preset is not None and preset not in all_preset_names():
@@ -284,16 +285,12 @@ def parse_ref(ref: str) -> tuple[str | None, str]:
 
 
 def default_checkpoint(preset: str) -> Path:
-    from .sdedit import SDEDIT_CARD, SDEDIT_PRESET
-
     card = SDEDIT_CARD if preset == SDEDIT_PRESET else ADM_PRESETS[preset].card
     return models_dir() / card.filename
 
 
 def _named_factory(preset: str) -> Callable[..., Prior]:
     def factory(device: str | torch.device = "cpu", dtype: str = "float32") -> Prior:
-        from .sdedit import SDEDIT_CARD, SDEDIT_PRESET
-
         path = default_checkpoint(preset)
         if not path.is_file():
             card = SDEDIT_CARD if preset == SDEDIT_PRESET else ADM_PRESETS[preset].card
@@ -330,19 +327,18 @@ def load(ref: str, device: str | torch.device = "cpu", dtype: str = "float32") -
 
 def contribute(registry) -> None:
     """Register the ``adm`` backend and one named prior per preset."""
-    from .sdedit import SDEDIT_CARD, SDEDIT_DESCRIPTION, SDEDIT_PRESET
-
     for name, preset in ADM_PRESETS.items():
         registry.add_prior(
             name,
             _named_factory(name),
-            f"{preset.description}; weights {preset.card.filename} in $GUIDESTACK_MODELS "
-            f"({preset.card.licence.split(';')[0]}) (docs/models.md)",
+            f"{preset.description}; weights {preset.card.filename} in $GUIDESTACK_MODELS, "
+            "non-commercial (docs/models.md)",
         )
     registry.add_prior(
         SDEDIT_PRESET,
         _named_factory(SDEDIT_PRESET),
-        f"{SDEDIT_DESCRIPTION}; weights {SDEDIT_CARD.filename} in $GUIDESTACK_MODELS (docs/models.md)",
+        f"{SDEDIT_DESCRIPTION}; weights {SDEDIT_CARD.filename} in $GUIDESTACK_MODELS, "
+        "non-commercial (docs/models.md)",
     )
     registry.add_prior_backend(
         SCHEME,

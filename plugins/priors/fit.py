@@ -335,8 +335,13 @@ def fit_gaussian_prior(
             "identical images?); use fewer components or more varied images"
         )
     basis = vh[:components].T.contiguous()
-    # a deterministic sign per component (largest entry positive) so refits give the same file
-    peak = basis.abs().argmax(0)
+    # a deterministic sign per component so refits give the same file: the first entry whose
+    # magnitude is within 1e-6 of the largest is made positive.  With flips, an antisymmetric
+    # component has its largest magnitude twice (a pixel and its mirror) with opposite signs, and a
+    # plain argmax would let the last bits of the SVD (thread count) pick the sign.
+    magnitude = basis.abs()
+    near_peak = magnitude >= magnitude.max(0, keepdim=True).values * (1.0 - 1e-6)
+    peak = near_peak.to(torch.int32).argmax(0)  # argmax returns the first maximum
     basis = basis * torch.sign(basis[peak, torch.arange(components)])
     lam = (eig[:components] - s2).clamp_min(0.0)
     meta = {

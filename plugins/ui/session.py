@@ -1,0 +1,366 @@
+"""What the UI does, without Gradio: edit a recipe dict, describe stage options as controls,
+save TOML, and run a recipe on uploaded files exactly as ``guidestack run`` would.
+
+Kept free of Gradio so it is testable on its own and so the UI cannot grow logic the CLI lacks:
+the run reuses the CLI's input loading, observation building and seed derivation.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import threading
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+import torch
+from annotated_types import Ge, Gt, Le, Lt
+
+from guidestack import __version__
+from guidestack.engine.cli_run import Item, _load, _observation, _requirements
+from guidestack.engine.errors import GuidestackError, RecipeError, UsageError
+from guidestack.engine.imageio import read_image
+from guidestack.engine.outputs import save_image, save_pil, write_json, write_text
+from guidestack.engine.pictures import compare_grid
+from guidestack.engine.prior_source import load_prior
+from guidestack.engine.recipe import apply_per_prior, load_raw, validate
+from guidestack.engine.registry import Registry
+from guidestack.engine.run import derive_seed, run_recipe
+
+#: largest upload the UI decodes (the engine's own limit is far higher; a shared server is not)
+MAX_UPLOAD_PIXELS = 4096 * 4096
+SKIPPED_FIELDS = ("use", "id")
+
+
+class Cancelled(GuidestackError):
+    """The user pressed cancel; raised from the run callback so sampling stops at the next step."""
+
+
+# --- recipes as editable dicts ----------------------------------------------------------------
+
+
+def recipe_for_prior(name: str, registry: Registry, prior_name: str, prior_kind: str) -> dict:
+    """The raw recipe ``name`` specialised for a prior: ``extends`` merged, ``per_prior`` applied,
+    ``[example]`` dropped (its paths are relative to the recipe's folder), ``prior.name`` set.
+
+    Saved as TOML, this dict runs the same with ``guidestack run`` for that prior (no per-prior
+    table is left to apply a second time)."""
+    label, raw, _ = load_raw(name, registry)
+    out = apply_per_prior(raw, prior_name, prior_kind, label)
+    out.pop("example", None)
+    out.setdefault("prior", {})["name"] = prior_name
+    return out
+
+
+def problems_of(raw: dict, registry: Registry) -> list[tuple[str, str]]:
+    """Every validation problem of ``raw`` with its path (empty when it is valid)."""
+    try:
+        validate(copy.deepcopy(raw), registry, "ui")
+    except RecipeError as exc:
+        return list(exc.problems)
+    return []
+
+
+def to_toml(raw: dict, header: str = "") -> str:
+    """The recipe dict as TOML text (``None`` values mean "use the default" and are left out)."""
+    body = tomli_w.dumps(_drop_none(raw))
+    comment = "".join(f"# {line}\n" for line in header.splitlines())
+    return comment + body
+
+
+def _drop_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list | tuple):
+        return [_drop_none(v) for v in obj]
+    return obj
+
+
+def add_stage(raw: dict, use: str) -> None:
+    raw.setdefault("stage", []).append({"use": use})
+
+
+def remove_stage(raw: dict, index: int) -> None:
+    del raw.setdefault("stage", [])[index]
+
+
+def move_stage(raw: dict, index: int, delta: int) -> None:
+    stages = raw.setdefault("stage", [])
+    j = index + delta
+    if 0 <= index < len(stages) and 0 <= j < len(stages):
+        stages[index], stages[j] = stages[j], stages[index]
+
+
+# --- stage options as controls ----------------------------------------------------------------
+
+
+@dataclass
+class Control:
+    """One UI control for one options field, read from the pydantic model."""
+
+    name: str
+    kind: Literal["bool", "int", "float", "choice", "text", "toml"]
+    default: Any
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: list[Any] = field(default_factory=list)
+    optional: bool = False
+
+
+def controls_for(model: type) -> list[Control]:
+    """Controls for every field of an options model (``use``/``id`` excluded): the type picks
+    the widget, ``ge``/``le`` the bounds, ``description`` the help text."""
+    out = []
+    for name, info in model.model_fields.items():
+        if name in SKIPPED_FIELDS:
+            continue
+        ann, optional = _strip_optional(info.annotation)
+        default = None if info.is_required() else info.get_default(call_default_factory=True)
+        lo = hi = None
+        for meta in info.metadata:
+            if isinstance(meta, Ge | Gt):
+                lo = meta.ge if isinstance(meta, Ge) else meta.gt
+            if isinstance(meta, Le | Lt):
+                hi = meta.le if isinstance(meta, Le) else meta.lt
+        help_text = info.description or ""
+        if ann is bool:
+            kind = "bool"
+        elif ann is int:
+            kind = "int"
+        elif ann is float:
+            kind = "float"
+        elif typing.get_origin(ann) is Literal:
+            kind = "choice"
+        elif ann is str:
+            kind = "text"
+        else:
+            kind = "toml"
+        choices = list(typing.get_args(ann)) if kind == "choice" else []
+        if kind == "toml" and default is not None:
+            default = _jsonish(default)
+        out.append(Control(name, kind, default, help_text, lo, hi, choices, optional))
+    return out
+
+
+def _strip_optional(ann: Any) -> tuple[Any, bool]:
+    if typing.get_origin(ann) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(ann) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], len(args) < len(typing.get_args(ann))
+    return ann, False
+
+
+def _jsonish(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(exclude_none=True)
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def toml_value(value: Any) -> str:
+    """A value as the right-hand side of a TOML assignment (the text shown in a "toml" control)."""
+    if value is None:
+        return ""
+    return tomli_w.dumps({"v": _jsonish(value)}).strip()[len("v = ") :]
+
+
+def parse_toml_value(text: str) -> Any:
+    """Inverse of :func:`toml_value`; empty text means "unset" (``None``)."""
+    import tomllib
+
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def set_option(raw: dict, section: str | int, name: str, value: Any) -> None:
+    """Set ``[section].name`` (a table name, or a stage index); ``None`` removes the key."""
+    table = (
+        raw.setdefault("stage", [])[section]
+        if isinstance(section, int)
+        else raw.setdefault(section, {})
+    )
+    if value is None:
+        table.pop(name, None)
+    else:
+        table[name] = value
+
+
+# --- running ----------------------------------------------------------------------------------
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def safe_stem(filename: str | None, fallback: str = "input") -> str:
+    """A file stem usable as an output name (the CLI derives the seed from it)."""
+    stem = Path(filename or "").stem
+    stem = _SAFE.sub("_", stem).strip("._")
+    return stem[:80] or fallback
+
+
+@dataclass
+class RunFiles:
+    image: Path
+    mask: Path | None = None
+    reference: Path | None = None
+    name: str = "input"
+
+
+@dataclass
+class RunOutcome:
+    folder: Path
+    output: Path
+    compare: Path
+    manifest: Path
+    recipe_toml: Path
+    cli: str
+    files: list[Path]
+
+
+class PriorCache:
+    """Loaded priors by name, so a second run does not reload weights."""
+
+    def __init__(self, registry: Registry):
+        self.registry = registry
+        self._priors: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str, dtype: str = "float32"):
+        with self._lock:
+            key = (name, dtype)
+            if key not in self._priors:
+                if self.registry.get("prior", name) is None:  # no paths or hub ids from a browser
+                    raise UsageError(f"unknown prior '{name}': pick one of the registered priors")
+                self._priors[key] = load_prior(name, self.registry, device="cpu", dtype=dtype)
+            return self._priors[key]
+
+
+def check_upload(path: Path, what: str) -> None:
+    """Refuse images larger than :data:`MAX_UPLOAD_PIXELS` before the run starts."""
+    size = read_image(path, kind="mask" if what == "mask" else "image").tensor.shape[-2:]
+    if size[0] * size[1] > MAX_UPLOAD_PIXELS:
+        raise UsageError(
+            f"the {what} has {size[0] * size[1]:,} pixels; the UI accepts at most "
+            f"{MAX_UPLOAD_PIXELS:,}: downscale it, or use the command line"
+        )
+
+
+def cli_command(files: RunFiles, seed: int, prior: str) -> str:
+    parts = ["guidestack run recipe.toml", f"{files.name}{files.image.suffix or '.png'}"]
+    if files.mask is not None:
+        parts.append(f"--mask {files.mask.name}")
+    if files.reference is not None:
+        parts.append(f"--reference {files.reference.name}")
+    parts += [f"--prior {prior}", f"--seed {seed}", "-o out"]
+    return " ".join(parts)
+
+
+def execute(
+    raw: dict,
+    files: RunFiles,
+    seed: int,
+    priors: PriorCache,
+    folder: Path,
+    *,
+    on_event: Callable[..., None] | None = None,
+    cancel: threading.Event | None = None,
+) -> RunOutcome:
+    """Run ``raw`` on ``files`` as ``guidestack run recipe.toml <name>.png --seed seed`` does and
+    write the output, comparison, ``run.json`` and ``recipe.toml`` into ``folder``."""
+    registry = priors.registry
+    raw = copy.deepcopy(raw)
+    recipe = validate(copy.deepcopy(raw), registry, "ui")
+    prior_name = recipe.prior.name
+    prior = priors.get(prior_name, recipe.prior.dtype)
+    # the same path the CLI takes: per-prior tables (none left after recipe_for_prior) then validate
+    recipe = validate(apply_per_prior(raw, prior.name, prior.kind, "ui"), registry, "ui")
+    needs = _requirements(recipe, registry)
+    if "mask" in needs and files.mask is None:
+        raise UsageError("this recipe needs a mask (white = missing): draw or upload one")
+    if "reference" in needs and files.reference is None:
+        raise UsageError("this recipe needs a reference image: upload one")
+    for path, what in (
+        (files.image, "image"),
+        (files.mask, "mask"),
+        (files.reference, "reference"),
+    ):
+        if path is not None:
+            check_upload(path, what)
+
+    item = Item(path=files.image, name=files.name, seed=derive_seed(seed, files.name))
+    args = types.SimpleNamespace(
+        mask=str(files.mask) if files.mask else None,
+        reference=str(files.reference) if files.reference else None,
+    )
+    _load(item, args)
+    obs = _observation([item], prior.image_size)
+
+    def callback(event: str, **info: Any) -> None:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("run cancelled")
+        if on_event is not None:
+            on_event(event, **info)
+
+    result, ctx = run_recipe(
+        recipe, prior, obs, [item.seed], registry, device=torch.device("cpu"), callback=callback
+    )
+    output = result.image.detach().float().cpu()[0]
+    folder.mkdir(parents=True, exist_ok=True)
+    out_png = save_image(output, folder / f"{item.name}.png")
+    panels = [("input", obs.image[0].cpu())]
+    if obs.mask is not None:
+        panels.append(("mask", obs.mask[0].cpu()))
+    if obs.reference is not None:
+        panels.append(("reference", obs.reference[0].cpu()))
+    panels.append(("output", output))
+    compare = save_pil(compare_grid(panels), folder / f"{item.name}_compare.png")
+    command = cli_command(files, seed, prior.name)
+    toml_path = write_text(
+        to_toml(raw, f"saved by guidestack ui {__version__}; re-run with:\n  {command}"),
+        folder / "recipe.toml",
+    )
+    item.status = "done"
+    report = {
+        "guidestack": __version__,
+        "recipe_source": "recipe.toml (guidestack ui)",
+        "recipe": recipe.resolved(),
+        "prior": prior.describe(),
+        "device": "cpu",
+        "seed": seed,
+        "cli": command,
+        "inputs": [
+            {
+                "name": item.name,
+                "file": f"{item.name}{files.image.suffix}",
+                "seed": item.seed,
+                "status": "done",
+                "warnings": item.warnings,
+                "placement": item.info.get("placement"),
+                "model_calls": ctx.model_calls,
+                "seconds": ctx.report.get("seconds"),
+                "outputs": [out_png.name, compare.name],
+            }
+        ],
+    }
+    manifest = write_json(report, folder / "run.json")
+    extra = [p for p in (files.mask, files.reference) if p is not None and p.parent == folder]
+    return RunOutcome(
+        folder,
+        out_png,
+        compare,
+        manifest,
+        toml_path,
+        command,
+        [out_png, manifest, toml_path, compare, *extra],
+    )
