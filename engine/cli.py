@@ -81,6 +81,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     run.add_argument(
+        "--faces",
+        action="store_true",
+        help="restore every face of (unaligned) photos: detect, align, restore, paste back",
+    )
+    run.add_argument(
+        "--min-face", type=float, default=None, help="with --faces: smallest face side in pixels"
+    )
+    run.add_argument(
+        "--face-threshold",
+        type=float,
+        default=None,
+        help="with --faces: MTCNN probability a face needs",
+    )
+    run.add_argument(
+        "--upscale",
+        type=int,
+        default=1,
+        help="with --faces: output size factor (background upsampled bicubic)",
+    )
+    run.add_argument(
         "--resume",
         action="store_true",
         help="continue an interrupted run in OUTDIR: inputs it finished are kept, the rest are run",
@@ -115,9 +135,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-flips", action="store_true", help="do not add horizontally flipped copies"
     )
     fit.add_argument("--overwrite", action="store_true")
+    fit.add_argument(
+        "--align",
+        action="store_true",
+        help="unaligned photos: detect faces (MTCNN, p >= 0.9), align each to the FFHQ template",
+    )
     from .cli_plugins import add_plugin_commands
 
     add_plugin_commands(sub)
+    from .cli_bench import add_bench_command
+    from .cli_degrade import add_degrade_command
+
+    add_degrade_command(sub)
+    add_bench_command(sub)
     ui = sub.add_parser("ui", help="browser UI (needs the ui extra: pip install 'guidestack[ui]')")
     ui.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     ui.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free)")
@@ -165,6 +195,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _prior_fit(args)
     if args.command == "ui":
         return _ui(args)
+    if args.command == "degrade":
+        from .cli_degrade import degrade_command
+
+        return degrade_command(args, default_registry())
+    if args.command == "bench":
+        from .cli_bench import bench_command
+
+        return bench_command(args, default_registry())
     if args.command in ("explain", "new-plugin"):
         from .cli_plugins import run_plugin_command
 
@@ -271,6 +309,7 @@ def _prior_fit(args: argparse.Namespace) -> int:
         args.components,
         not args.no_flips,
         overwrite=args.overwrite,
+        align=args.align,
     )
     print(json.dumps(report, indent=2, default=str))
     return 0

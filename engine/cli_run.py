@@ -107,12 +107,18 @@ def companion(ref: str | None, item: Item, what: str) -> Path | None:
     return path
 
 
-def _planned(items: list[Item], trajectory: bool) -> list[str]:
+def _planned(items: list[Item], trajectory: bool, outdir: Path | None = None) -> list[str]:
+    """Output names the run will write (face crops, whose number is unknown in advance, are
+    planned as those already present for the same input, so they are protected too)."""
     names = []
     for item in items:
         names += [f"{item.name}.png", f"{item.name}_compare.png"]
         if trajectory:
             names.append(f"{item.name}_trajectory.png")
+        if outdir is not None and (outdir / "faces").is_dir():
+            names += [
+                f"faces/{p.name}" for p in sorted((outdir / "faces").glob(f"{item.name}_face*.png"))
+            ]
     return names
 
 
@@ -195,7 +201,11 @@ def run_command(args: argparse.Namespace, registry: Registry) -> int:
         if item.name in finished:
             item.status, item.info = "done", {**finished[item.name], "resumed": True}
     todo = [item for item in items if item.status == "pending"]
-    planned = _planned(todo, args.trajectory > 0) + ([] if args.resume else [MANIFEST])
+    if args.faces and args.mask is not None:
+        raise UsageError(
+            "--mask cannot be combined with --faces: masks are given per aligned face, not per photo"
+        )
+    planned = _planned(todo, args.trajectory > 0, outdir) + ([] if args.resume else [MANIFEST])
     outdir = prepare_output_dir(outdir, planned, args.overwrite or args.resume)
 
     for item in todo:
@@ -287,28 +297,41 @@ def _requirements(recipe, registry: Registry) -> set[str]:
     return needs
 
 
+class _Watcher:
+    """Progress bar updates and x0 frames for the trajectory strip, from the loop's events."""
+
+    def __init__(self, label: str, progress: Progress, trajectory: int):
+        self.label, self.progress, self.trajectory = label, progress, trajectory
+        self.frames: list[tuple[int, torch.Tensor]] = []
+        self.wanted: set[int] = set()
+
+    def __call__(self, event: str, **info: Any) -> None:
+        if event == "start":
+            total = int(info["total"])
+            self.progress.start(self.label, total)
+            n = min(self.trajectory, total)
+            self.wanted = {round(k * (total - 1) / max(1, n - 1)) for k in range(n)} if n else set()
+        elif event == "step":
+            self.progress.advance(info.get("postfix"))
+            state = info.get("state")
+            if state is not None and info["index"] in self.wanted and state.x0 is not None:
+                self.frames.append((int(info["t"]), state.x0.detach().float().cpu()))
+        elif event == "iteration":
+            self.progress.advance(info.get("postfix"))
+
+
 def _run_batch(
     batch, recipe, prior, registry, device, outdir: Path, args, progress: Progress
 ) -> None:
+    if args.faces:
+        for item in batch:
+            _run_faces(item, recipe, prior, registry, device, outdir, args, progress)
+        return
     obs = _observation(batch, prior.image_size)
-    frames: list[tuple[int, torch.Tensor]] = []
     label = batch[0].name if len(batch) == 1 else f"{batch[0].name} (+{len(batch) - 1})"
-    wanted: set[int] = set()
-
-    def callback(event: str, **info: Any) -> None:
-        nonlocal wanted
-        if event == "start":
-            total = int(info["total"])
-            progress.start(label, total)
-            n = min(args.trajectory, total)
-            wanted = {round(k * (total - 1) / max(1, n - 1)) for k in range(n)} if n else set()
-        elif event == "step":
-            progress.advance(info.get("postfix"))
-            state = info.get("state")
-            if state is not None and info["index"] in wanted and state.x0 is not None:
-                frames.append((int(info["t"]), state.x0.detach().float().cpu()))
-        elif event == "iteration":
-            progress.advance(info.get("postfix"))
+    watcher = _Watcher(label, progress, args.trajectory)
+    callback = watcher
+    frames = watcher.frames
 
     started = time.perf_counter()
     try:
@@ -363,6 +386,76 @@ def _per_sample(report: dict[str, Any], k: int, n: int) -> dict[str, Any]:
         else:
             out[key] = value
     return out
+
+
+def _run_faces(item: Item, recipe, prior, registry, device, outdir: Path, args, progress) -> None:
+    """``--faces``: restore every face of a photo (aligned to the prior's template) and paste
+    each back; one run of the recipe with all faces of the photo as its batch."""
+    from guidestack.plugins.faces.pipeline import restore_faces
+
+    size = prior.image_size
+    watcher = _Watcher(item.name, progress, args.trajectory)
+    runs: list[Any] = []
+
+    def restore_fn(aligned: torch.Tensor) -> torch.Tensor:
+        n = aligned.shape[0]
+        reference = None
+        if item.reference is not None:
+            reference = to_square(item.reference.tensor, size)[0][None].expand(n, -1, -1, -1)
+        obs = Observation(
+            image=aligned,
+            reference=reference,
+            meta=[{"name": f"{item.name}:face{i:02d}"} for i in range(n)],
+        )
+        seeds = [derive_seed(args.seed, f"{item.name}:face{i:02d}") for i in range(n)]
+        result, ctx = run_recipe(
+            recipe, prior, obs, seeds, registry, device=device, callback=watcher
+        )
+        runs.append((ctx, seeds))
+        return result.image.detach().float().cpu()
+
+    started = time.perf_counter()
+    try:
+        options = {"min_face": args.min_face, "threshold": args.face_threshold}
+        found = restore_faces(
+            item.image.tensor,
+            restore_fn,
+            size,
+            upscale=args.upscale,
+            **{k: v for k, v in options.items() if v is not None},
+        )
+    except GuidestackError as exc:
+        item.status, item.error = "failed", str(exc)
+        print(f"error: {exc}", file=sys.stderr)
+        return
+    save_image(found.image, outdir / f"{item.name}.png")
+    original = item.image.tensor
+    panels = [("input", original), ("output", found.image)]
+    save_pil(compare_grid(panels), outdir / f"{item.name}_compare.png")
+    outputs = [f"{item.name}.png", f"{item.name}_compare.png"]
+    if found.faces:
+        (outdir / "faces").mkdir(exist_ok=True)
+    for i, face in enumerate(found.faces):
+        for kind, tensor in (("aligned", face.aligned), ("restored", face.restored)):
+            name = f"faces/{item.name}_face{i:02d}_{kind}.png"
+            save_image(tensor, outdir / name)
+            outputs.append(name)
+    if args.trajectory and watcher.frames:
+        name = f"{item.name}_trajectory.png"
+        save_pil(trajectory_strip([(t, x0[0]) for t, x0 in watcher.frames]), outdir / name)
+        outputs.append(name)
+    item.warnings += found.warnings
+    item.status = "done"
+    ctx = runs[0][0] if runs else None
+    item.info.update(
+        {
+            "seconds": time.perf_counter() - started,
+            "model_calls": ctx.model_calls if ctx else 0,
+            "outputs": outputs,
+            **found.report(),
+            "face_seeds": runs[0][1] if runs else [],
+        }
+    )
 
 
 def _item_report(item: Item) -> dict[str, Any]:

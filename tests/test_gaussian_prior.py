@@ -8,8 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageOps
 
 from guidestack.engine.errors import InputError, OutputError, PriorUnavailable, UsageError
 from guidestack.engine.prior import linear_alphas_cumprod
@@ -390,23 +389,30 @@ def test_unusable_folders_raise_input_error(tmp_path):
 def test_shipped_prior_is_a_64px_face_prior():
     from conftest import shared
 
+    from guidestack.plugins.faces.align import align_face
+
     path = shipped_prior_path("gaussian-faces-64")
     assert path.stat().st_size < 5_000_000
     p = load_shipped_prior()
     assert (p.name, p.kind, p.image_size, p.channels) == ("gaussian-faces-64", "gaussian", 64, 3)
-    assert p.num_components == SHIPPED_COMPONENTS and p.metadata["num_images"] == 14
+    assert p.num_components == SHIPPED_COMPONENTS and p.metadata["num_images"] == 75
     assert p.metadata["flips"] and "derived statistics" in p.metadata["source"]
     u = p.components.double()
     assert (u.T @ u - torch.eye(p.num_components, dtype=torch.float64)).abs().max() < 1e-5
 
-    # the training faces, read independently of fit.py (all are square: no crop needed)
+    # the training faces, read independently of fit.py: each photo decoded with Pillow (at the
+    # JPEG reduction the fit used) and cut out along the landmarks recorded in the prior's file
     faces = []
-    for file in sorted(shared("faces", "hq").glob("*.png")):
-        with Image.open(file) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 127.5 - 1
-        t = torch.from_numpy(arr).permute(2, 0, 1)[None]
-        faces.append(F.interpolate(t, size=(64, 64), mode="bilinear", antialias=True))
-    target = torch.cat(faces).mean(0)
+    for face in p.metadata["faces"]:
+        folder, name = face["face"].split("#")[0].split("/")
+        with Image.open(shared("faces", folder, name)) as im:
+            scale = face["decoded_at"]
+            im.draft("RGB", (math.ceil(im.size[0] * scale), math.ceil(im.size[1] * scale)))
+            arr = np.asarray(ImageOps.exif_transpose(im).convert("RGB"), np.float32) / 127.5 - 1
+        photo = torch.from_numpy(arr).permute(2, 0, 1)
+        faces.append(align_face(photo, torch.tensor(face["landmarks"]), 64)[0])
+    assert len(faces) == 75
+    target = torch.stack(faces).mean(0)
     target = (target + target.flip(-1)) / 2
     mean = p.mean.view(3, 64, 64)
     corr = torch.corrcoef(torch.stack([mean.reshape(-1), target.reshape(-1)]))[0, 1]
@@ -421,7 +427,8 @@ def test_refit_reproduces_the_shipped_prior(tmp_path):
 
     shared("faces", "hq")
     fresh, report = refit_shipped_prior(SHARED_DATA, tmp_path / "refit.pt")
-    assert report["images"] == 14 and len(report["duplicates"]) == 7 and not report["skipped"]
+    assert report["images"] == 75 and len(report["duplicates"]) == 7 and not report["skipped"]
+    assert [d["face"] for d in report["near_duplicates"]] == ["identity/img11_reflection.jpg#0"]
     shipped = load_shipped_prior()
     assert (fresh.mean - shipped.mean).abs().max() < 1e-5
     assert abs(float(fresh.s2) - float(shipped.s2)) < 1e-7

@@ -33,7 +33,8 @@ def parse_spec(spec: str) -> tuple[str, int | None]:
 
 def build_spec(spec: str, registry: Any, **overrides: Any) -> Degradation:
     """The operator for ``NAME[:severity]`` (severity 3 when omitted and the operator has levels,
-    else its defaults); ``overrides`` set options on top."""
+    unless its class says ``default_severity = None``; else its defaults); ``overrides`` set
+    options on top."""
     name, level = parse_spec(spec)
     entry = registry.get("degradation", name)
     if entry is None:
@@ -41,7 +42,7 @@ def build_spec(spec: str, registry: Any, **overrides: Any) -> Degradation:
         raise UsageError(f"unknown degradation '{name}' (known: {known})")
     cls = entry.obj
     if level is None and cls.severities:
-        level = 3
+        level = getattr(cls, "default_severity", 3)  # ``random`` draws it instead (None)
     try:
         if level is not None:
             return cls.at_severity(level, registry=registry, **overrides)

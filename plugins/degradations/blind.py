@@ -37,7 +37,7 @@ class BlindBlurOptions(DegradationOptions):
         "softmax", description="parameterisation of the unknown kernel"
     )
     init_sigma: float = Field(1.0, gt=0, le=30, description="initial width (softmax, gaussian)")
-    hidden: int = Field(256, ge=8, le=4096, description="hidden units of the kernel network")
+    hidden: int = Field(1000, ge=8, le=4096, description="hidden units of the kernel network")
     seed: int = Field(0, ge=0, description="seed of the kernel network's input and weights")
 
     @model_validator(mode="after")

@@ -52,6 +52,8 @@ class RandomDegradation(Stochastic):
     description = "Draws one degradation and severity per image from a seed (mixed benchmarks)."
     Options = RandomOptions
     severities = {k: {"severity": k} for k in range(1, 6)}
+    #: a bare ``random`` spec draws the severity too (``random:3`` fixes it)
+    default_severity = None
 
     def __init__(self, options: BaseModel | None = None, registry: Any = None):
         super().__init__(options, registry)

@@ -36,9 +36,9 @@ from .gaussian import GaussianPrior
 
 #: file name endings read as images (case-insensitive)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
-#: components of the shipped prior: the middle of the plateau of held-out (leave-one-face-out)
-#: likelihood, where heavy-noise denoising error has stopped improving much (docs/prior.md)
-SHIPPED_COMPONENTS = 24
+#: components of the shipped prior: the maximum of held-out (leave-one-face-out) likelihood, where
+#: heavy-noise denoising error is within 1% of its value at k = 32 (docs/prior.md)
+SHIPPED_COMPONENTS = 20
 SHIPPED_NAME = "gaussian-faces-64"
 SHIPPED_SIZE = 64
 #: a face used for fitting needs at least this MTCNN probability

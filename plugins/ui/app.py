@@ -11,6 +11,7 @@ import copy
 import os
 import queue
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -441,6 +442,7 @@ def serve(host: str = "127.0.0.1", port: int | None = None) -> None:
         f"guidestack ui: serving on http://{host}:{port or 7860} ({where}); Ctrl+C stops",
         flush=True,
     )
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # so the folder is removed on SIGTERM too
     try:
         demo.launch(
             server_name=host,
@@ -452,5 +454,13 @@ def serve(host: str = "127.0.0.1", port: int | None = None) -> None:
             show_error=True,
             quiet=True,
         )
+    except KeyboardInterrupt:
+        pass
     finally:
+        demo.close()
+        signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt

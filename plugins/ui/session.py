@@ -218,6 +218,25 @@ class RunFiles:
 
 
 @dataclass
+class FacesOptions:
+    """``--faces`` and its options (``None`` = the CLI's default)."""
+
+    min_face: float | None = None
+    threshold: float | None = None
+    upscale: int = 1
+
+    def cli(self) -> list[str]:
+        out = ["--faces"]
+        if self.min_face is not None:
+            out.append(f"--min-face {self.min_face:g}")
+        if self.threshold is not None:
+            out.append(f"--face-threshold {self.threshold:g}")
+        if self.upscale != 1:
+            out.append(f"--upscale {self.upscale}")
+        return out
+
+
+@dataclass
 class RunOutcome:
     folder: Path
     output: Path
@@ -226,6 +245,9 @@ class RunOutcome:
     recipe_toml: Path
     cli: str
     files: list[Path]
+    detected: Path | None = None  # --faces: the input with each detected face boxed
+    faces: list[Path] = field(default_factory=list)  # --faces: each restored face
+    warnings: list[str] = field(default_factory=list)
 
 
 class PriorCache:
@@ -256,8 +278,9 @@ def check_upload(path: Path, what: str) -> None:
         )
 
 
-def cli_command(files: RunFiles, seed: int, prior: str) -> str:
+def cli_command(files: RunFiles, seed: int, prior: str, faces: FacesOptions | None = None) -> str:
     parts = ["guidestack run recipe.toml", f"{files.name}{files.image.suffix or '.png'}"]
+    parts += faces.cli() if faces is not None else []
     if files.mask is not None:
         parts.append(f"--mask {files.mask.name}")
     if files.reference is not None:
@@ -275,9 +298,11 @@ def execute(
     *,
     on_event: Callable[..., None] | None = None,
     cancel: threading.Event | None = None,
+    faces: FacesOptions | None = None,
 ) -> RunOutcome:
     """Run ``raw`` on ``files`` as ``guidestack run recipe.toml <name>.png --seed seed`` does and
-    write the output, comparison, ``run.json`` and ``recipe.toml`` into ``folder``."""
+    write the output, comparison, ``run.json`` and ``recipe.toml`` into ``folder``.  With
+    ``faces``, the photo goes through the CLI's own ``--faces`` path."""
     registry = priors.registry
     raw = copy.deepcopy(raw)
     recipe = validate(copy.deepcopy(raw), registry, "ui")
@@ -286,6 +311,10 @@ def execute(
     # the same path the CLI takes: per-prior tables (none left after recipe_for_prior) then validate
     recipe = validate(apply_per_prior(raw, prior.name, prior.kind, "ui"), registry, "ui")
     needs = _requirements(recipe, registry)
+    if faces is not None and files.mask is not None:
+        raise UsageError(
+            "a mask cannot be combined with faces in the wild (as --mask with --faces)"
+        )
     if "mask" in needs and files.mask is None:
         raise UsageError("this recipe needs a mask (white = missing): draw or upload one")
     if "reference" in needs and files.reference is None:
@@ -304,7 +333,6 @@ def execute(
         reference=str(files.reference) if files.reference else None,
     )
     _load(item, args)
-    obs = _observation([item], prior.image_size)
 
     def callback(event: str, **info: Any) -> None:
         if cancel is not None and cancel.is_set():
@@ -312,6 +340,11 @@ def execute(
         if on_event is not None:
             on_event(event, **info)
 
+    if faces is not None:
+        return _execute_faces(
+            raw, recipe, prior, registry, item, files, seed, folder, faces, callback
+        )
+    obs = _observation([item], prior.image_size)
     result, ctx = run_recipe(
         recipe, prior, obs, [item.seed], registry, device=torch.device("cpu"), callback=callback
     )
@@ -363,4 +396,93 @@ def execute(
         toml_path,
         command,
         [out_png, manifest, toml_path, compare, *extra],
+    )
+
+
+class _ProgressEvents:
+    """The CLI's progress-bar interface, turned into UI events (and the cancel check)."""
+
+    def __init__(self, callback: Callable[..., None]):
+        self.callback = callback
+
+    def start(self, label: str, total: int) -> None:
+        self.callback("start", total=total)
+
+    def advance(self, postfix: dict[str, Any] | None = None) -> None:
+        self.callback("iteration", postfix=postfix)
+
+    def close(self) -> None:
+        pass
+
+
+def _execute_faces(
+    raw, recipe, prior, registry, item, files, seed, folder, faces, callback
+) -> RunOutcome:
+    """``guidestack run --faces``: the CLI's function itself, writing into ``folder``."""
+    from PIL import ImageDraw
+
+    from guidestack.engine.cli_run import _run_faces
+    from guidestack.engine.outputs import tensor_to_pil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    args = types.SimpleNamespace(
+        seed=seed,
+        min_face=faces.min_face,
+        face_threshold=faces.threshold,
+        upscale=faces.upscale,
+        trajectory=0,
+    )
+    _run_faces(
+        item, recipe, prior, registry, torch.device("cpu"), folder, args, _ProgressEvents(callback)
+    )
+    if item.status != "done":
+        if item.error == "run cancelled":
+            raise Cancelled(item.error)
+        raise UsageError(item.error or "the faces run failed")
+    photo = tensor_to_pil(item.image.tensor).convert("RGB")
+    draw = ImageDraw.Draw(photo)
+    width = max(2, round(max(photo.size) / 200))
+    for i, face in enumerate(item.info.get("faces", [])):
+        x0, y0, x1, y1 = face["box"]
+        draw.rectangle((x0, y0, x1, y1), outline=(255, 64, 64), width=width)
+        draw.text((x0 + width, y0 + width), f"{i}", fill=(255, 64, 64))
+    detected = save_pil(photo, folder / f"{item.name}_detected.png")
+    command = cli_command(files, seed, prior.name, faces)
+    toml_path = write_text(
+        to_toml(raw, f"saved by guidestack ui {__version__}; re-run with:\n  {command}"),
+        folder / "recipe.toml",
+    )
+    report = {
+        "guidestack": __version__,
+        "recipe_source": "recipe.toml (guidestack ui)",
+        "recipe": recipe.resolved(),
+        "prior": prior.describe(),
+        "device": "cpu",
+        "seed": seed,
+        "cli": command,
+        "faces": True,
+        "inputs": [
+            {
+                "name": item.name,
+                "seed": item.seed,
+                "status": item.status,
+                "warnings": item.warnings,
+                **item.info,
+            }
+        ],
+    }
+    manifest = write_json(report, folder / "run.json")
+    restored = sorted((folder / "faces").glob(f"{item.name}_face*_restored.png"))
+    out_png, compare = folder / f"{item.name}.png", folder / f"{item.name}_compare.png"
+    return RunOutcome(
+        folder,
+        out_png,
+        compare,
+        manifest,
+        toml_path,
+        command,
+        [out_png, manifest, toml_path, compare, detected, *restored],
+        detected=detected,
+        faces=restored,
+        warnings=list(item.warnings),
     )

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The face benchmark of docs/benchmarks.md: the offline Gaussian prior (gaussian-faces-64) on
+# the 14 aligned faces of ../shared/data/faces/hq, four degradations, the recipes that fit each.
+# Usage: benchmarks/run_face_benchmark.sh [OUTDIR]   (default /tmp/guidestack-face-benchmark)
+# Reports land in OUTDIR/<degradation>/ (results.md, report.html, grids). They contain the clean
+# and degraded faces, so they stay outside the repository; docs/benchmarks/ keeps only the
+# tables and grids of restored outputs (copied by hand with the commands at the end).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT="${1:-/tmp/guidestack-face-benchmark}"
+FACES=../shared/data/faces/hq
+LPIPS=../shared/data/weights/lpips_alexnet_backbone.pt
+GS="${GUIDESTACK:-guidestack}"
+common=(--clean "$FACES" --prior gaussian-faces-64 --seed 0 --lpips-backbone "$LPIPS" --overwrite --quiet)
+
+"$GS" bench restore difface odedit-light shred-deblur-blind --degradation gaussian-blur-kernel:4 \
+  -o "$OUT/blur" "${common[@]}"
+"$GS" bench restore difface shred-sr4 --degradation downsample:3 -o "$OUT/sr4" "${common[@]}"
+"$GS" bench inpaint difface-inpaint shred-inpaint --degradation free-form-mask:3 \
+  -o "$OUT/inpaint" "${common[@]}"
+"$GS" bench odedit odedit-light restore --degradation random-lines:3 -o "$OUT/lines" "${common[@]}"
+
+# what docs/benchmarks/ keeps (our outputs only, never the clean or degraded faces):
+for d in blur sr4 inpaint lines; do
+  mkdir -p docs/benchmarks
+  cp "$OUT/$d/results.md" "docs/benchmarks/$d.md"
+  cp "$OUT/$d/grid_outputs.png" "docs/benchmarks/${d}_outputs.png"
+done
