@@ -4,7 +4,7 @@
 # Usage: benchmarks/run_face_benchmark.sh [OUTDIR]   (default /tmp/guidestack-face-benchmark)
 # Reports land in OUTDIR/<degradation>/ (results.md, report.html, grids). They contain the clean
 # and degraded faces, so they stay outside the repository; docs/benchmarks/ keeps only the
-# tables and grids of restored outputs (copied by hand with the commands at the end).
+# tables and grids of restored outputs (copied by the loop at the end).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-/tmp/guidestack-face-benchmark}"
@@ -15,7 +15,7 @@ common=(--clean "$FACES" --prior gaussian-faces-64 --seed 0 --lpips-backbone "$L
 
 "$GS" bench restore difface odedit-light shred-deblur-blind --degradation gaussian-blur-kernel:4 \
   -o "$OUT/blur" "${common[@]}"
-"$GS" bench restore difface shred-sr4 --degradation downsample:3 -o "$OUT/sr4" "${common[@]}"
+"$GS" bench restore difface shred-sr4 --degradation downsample:2 -o "$OUT/sr4" "${common[@]}"
 "$GS" bench inpaint difface-inpaint shred-inpaint --degradation free-form-mask:3 \
   -o "$OUT/inpaint" "${common[@]}"
 "$GS" bench odedit odedit-light restore --degradation random-lines:3 -o "$OUT/lines" "${common[@]}"

@@ -35,7 +35,7 @@ from .imageio import read_image, to_square
 from .outputs import prepare_output_dir, save_image, save_mask, save_pil, write_json, write_text
 from .pictures import make_grid, panel_image
 from .prior_source import load_prior
-from .recipe import load_recipe
+from .recipe import load_recipe, recipe_requirements
 from .registry import Registry
 from .run import derive_seed, run_recipe
 
@@ -127,30 +127,44 @@ def metric_suite(
 # --- statistics ---------------------------------------------------------------------------
 
 
+#: Student's t 0.975 quantiles for 1..30 degrees of freedom (scipy.stats.t.ppf, 6 decimals)
+T975 = (
+    12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157,
+    2.228139, 2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922,
+    2.093024, 2.085963, 2.079614, 2.073873, 2.068658, 2.063899, 2.059539, 2.055529, 2.051831,
+    2.048407, 2.045230, 2.042272,
+)  # fmt: skip
+Z975 = 1.959963984540054
+
+
+def t975(df: int) -> float:
+    """Student's t 0.975 quantile: a table up to 30 degrees of freedom, then the Cornish-Fisher
+    expansion (error < 3e-8 there), so no scipy is needed."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df <= len(T975):
+        return T975[df - 1]
+    z, v = Z975, float(df)
+    return (
+        z
+        + (z**3 + z) / (4 * v)
+        + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * v**2)
+        + (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / (384 * v**3)
+        + (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / (92160 * v**4)
+    )
+
+
 def mean_interval(values: Sequence[float]) -> tuple[float, float | None]:
     """Mean and half-width of its 95% t-interval (``None`` below two values)."""
     n = len(values)
     mean = sum(values) / n
     if n < 2:
         return mean, None
-    from scipy.stats import t
-
     sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    return mean, t975(n - 1) * sd / math.sqrt(n)
 
 
 # --- the benchmark ------------------------------------------------------------------------
-
-
-def _requirements(recipe: Any, registry: Registry) -> set[str]:
-    needs: set[str] = set()
-    for options in recipe.stages:
-        cls = registry.stage(options.use)
-        needs |= set(getattr(cls, "requires", ()))
-        requires_for = getattr(cls, "requires_for", None)
-        if requires_for is not None:
-            needs |= set(requires_for(options))
-    return needs
 
 
 def _faces(paths: Sequence[Path], limit: int | None) -> list[Path]:
@@ -214,7 +228,7 @@ def run_bench(opts: BenchOptions, registry: Registry) -> BenchResult:
 
     skipped: dict[str, str] = {}
     for label, recipe in zip(labels, recipes, strict=True):
-        needs = _requirements(recipe, registry)
+        needs = recipe_requirements(recipe, registry)
         reason = _cannot_give(needs, masks, opts.degradation)
         if reason:
             skipped[label] = reason

@@ -26,7 +26,7 @@ from .outputs import prepare_output_dir, save_image, save_pil, write_json
 from .pictures import compare_grid, trajectory_strip
 from .prior_source import load_prior
 from .progress import Progress
-from .recipe import load_recipe
+from .recipe import load_recipe, recipe_requirements
 from .registry import Registry
 from .run import derive_seed, run_recipe
 
@@ -184,7 +184,7 @@ def run_command(args: argparse.Namespace, registry: Registry) -> int:
     recipe = load_recipe(
         args.recipe, registry, overrides, prior_name=prior.name, prior_kind=prior.kind
     )
-    needs = _requirements(recipe, registry)
+    needs = recipe_requirements(recipe, registry)
     if "mask" in needs and args.mask is None:
         raise UsageError(
             f"recipe {recipe.source} needs a mask (white = missing): pass --mask FILE or --mask FOLDER"
@@ -284,17 +284,6 @@ def _finished_inputs(outdir: Path, fingerprint: str) -> dict[str, dict[str, Any]
                 k: v for k, v in entry.items() if k not in ("name", "path", "seed", "status")
             }
     return finished
-
-
-def _requirements(recipe, registry: Registry) -> set[str]:
-    needs: set[str] = set()
-    for options in recipe.stages:
-        cls = registry.stage(options.use)
-        needs |= set(getattr(cls, "requires", ()))
-        requires_for = getattr(cls, "requires_for", None)
-        if requires_for is not None:
-            needs |= set(requires_for(options))
-    return needs
 
 
 class _Watcher:

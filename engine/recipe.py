@@ -464,3 +464,16 @@ def load_recipe(
     for assignment in overrides:
         apply_override(raw, assignment, label)
     return validate(raw, registry, label, base_dir)
+
+
+def recipe_requirements(recipe: Recipe, registry: Registry) -> set[str]:
+    """Inputs the recipe's stages cannot work without (``"mask"``, ``"reference"``), so callers
+    can refuse a run before anything is written."""
+    needs: set[str] = set()
+    for options in recipe.stages:
+        cls = registry.stage(options.use)
+        needs |= set(getattr(cls, "requires", ()))
+        requires_for = getattr(cls, "requires_for", None)
+        if requires_for is not None:
+            needs |= set(requires_for(options))
+    return needs

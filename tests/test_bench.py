@@ -95,6 +95,10 @@ def test_mean_interval_is_the_t_interval():
     mean, half = mean_interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and half == pytest.approx(4.302653 / 3**0.5, rel=1e-5)
     assert mean_interval([5.0]) == (5.0, None)
+    from guidestack.engine.bench import t975
+
+    assert t975(40) == pytest.approx(2.021075, abs=1e-6)  # scipy.stats.t.ppf(0.975, 40)
+    assert t975(1000) == pytest.approx(1.962339, abs=1e-6)
 
 
 def test_bench_refuses_bad_specs(tmp_path):
@@ -103,3 +107,14 @@ def test_bench_refuses_bad_specs(tmp_path):
     assert main(["bench", "restore", "--clean", clean, "--degradation", "nope", "-o", out]) == 2
     assert main(["bench", "no-such-recipe", "--clean", clean, "--degradation", "jpeg",
                  "-o", out]) == 2  # fmt: skip
+
+
+def test_missing_metric_weights_are_reported_not_faked(tmp_path):
+    from guidestack.engine.bench import metric_suite
+
+    available, unavailable = metric_suite(
+        str(tmp_path / "no-backbone.pt"), str(tmp_path / "no-facenet.pt"), "cpu"
+    )
+    assert set(available) == {"psnr", "ssim"}
+    assert "no-backbone.pt" in unavailable["lpips"] and "does not exist" in unavailable["lpips"]
+    assert "no-facenet.pt" in unavailable["identity"]

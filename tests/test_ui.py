@@ -249,6 +249,8 @@ def test_browser_inpaint_roundtrip(ui_server, tmp_path, registry):
         )
         try:
             page = browser.new_page()
+            requests: list[str] = []
+            page.on("request", lambda r: requests.append(r.url))
             page.goto(ui_server, wait_until="load")
             page.wait_for_selector("#problems :text('Recipe is valid')", timeout=30_000)
             page.locator("#input-image input[type=file]").set_input_files(str(FACE))
@@ -275,6 +277,8 @@ def test_browser_inpaint_roundtrip(ui_server, tmp_path, registry):
                 info.value.save_as(got[name])
         finally:
             browser.close()
+    external = [u for u in requests if not u.startswith((ui_server, "data:", "blob:"))]
+    assert external == [], f"the UI fetched from other hosts (it must work offline): {external}"
 
     recipe = load_recipe(str(got["recipe.toml"]), registry)
     assert recipe.sampler.steps == 8 and [s.use for s in recipe.stages] == ["unmasked-region"]
@@ -298,3 +302,39 @@ def test_browser_inpaint_roundtrip(ui_server, tmp_path, registry):
         _pixels(got[f"{FACE.stem}.png"]), _pixels(tmp_path / "cli" / f"{FACE.stem}.png")
     )
     shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_faces_in_the_wild_is_the_clis_faces_path(registry, tmp_path):
+    """Faces mode: boxes drawn on the input, each face restored, same photo as ``run --faces``."""
+    photo = EXAMPLES / "grace_hopper_old.png"
+    raw = S.recipe_for_prior("restore", registry, PRIOR, "gaussian")
+    S.set_option(raw, "sampler", "steps", 4)
+    outcome = S.execute(
+        raw, S.RunFiles(photo, None, None, photo.stem), 1, S.PriorCache(registry),
+        tmp_path / "ui", faces=S.FacesOptions(),
+    )  # fmt: skip
+    assert "--faces" in outcome.cli and len(outcome.faces) == 1
+    boxed, plain = _pixels(outcome.detected), _pixels(photo)
+    assert boxed.shape == plain.shape and (boxed != plain).any()  # the box is drawn
+    from guidestack.engine.cli import main
+
+    out = tmp_path / "cli"
+    args = ["run", str(outcome.recipe_toml), str(photo), "--faces", "--seed", "1", "-o", str(out)]
+    assert main([*args, "--quiet", "--device", "cpu"]) == 0
+    assert np.array_equal(_pixels(outcome.output), _pixels(out / f"{photo.stem}.png"))
+    with pytest.raises(UsageError, match="mask cannot"):
+        S.execute(raw, S.RunFiles(photo, MASK, None, "x"), 1, S.PriorCache(registry),
+                  tmp_path / "m", faces=S.FacesOptions())  # fmt: skip
+
+
+def test_drawn_mask_is_the_union_of_painted_layers():
+    from guidestack.plugins.ui.app import _drawn_mask
+
+    layer = np.zeros((8, 8, 4), np.uint8)
+    assert _drawn_mask({"background": None, "layers": [layer], "composite": None}) is None
+    layer[2:4, 3:6, 3] = 255
+    other = np.zeros((8, 8, 4), np.uint8)
+    other[7, 7, 3] = 10
+    mask = _drawn_mask({"layers": [layer, other]})
+    assert mask.dtype == np.uint8 and mask.sum() == 255 * 7
+    assert mask[2, 3] == 255 and mask[0, 0] == 0

@@ -79,7 +79,9 @@ class BlindBlur(Degradation):
             self.log_sigma = nn.Parameter(torch.full((n, 1), math.log(o.init_sigma), device=device))
         else:
             g = torch.Generator().manual_seed(o.seed)
-            self.register_buffer("net_input", (0.1 * torch.rand(NETWORK_INPUT, generator=g)).to(device))
+            self.register_buffer(
+                "net_input", (0.1 * torch.rand(NETWORK_INPUT, generator=g)).to(device)
+            )
             shapes = {
                 "w1": (NETWORK_INPUT, o.hidden),
                 "b1": (o.hidden,),
@@ -87,7 +89,11 @@ class BlindBlur(Degradation):
                 "b2": (o.size * o.size,),
             }
             for name, shape in shapes.items():
-                fan_in = shape[0] if name.startswith("w") else (NETWORK_INPUT if name == "b1" else o.hidden)
+                fan_in = (
+                    shape[0]
+                    if name.startswith("w")
+                    else (NETWORK_INPUT if name == "b1" else o.hidden)
+                )
                 bound = 1.0 / math.sqrt(fan_in)  # nn.Linear's default initialisation range
                 value = (torch.rand(shape, generator=g) * 2 - 1) * bound
                 setattr(self, name, nn.Parameter(value.expand(n, *shape).clone().to(device)))

@@ -47,7 +47,9 @@ def gaussian_kernel(
     return k / k.sum()
 
 
-def motion_kernel(size: int, length: float, angle: float, *, device=None, dtype=torch.float32) -> torch.Tensor:
+def motion_kernel(
+    size: int, length: float, angle: float, *, device=None, dtype=torch.float32
+) -> torch.Tensor:
     """A straight motion streak of ``length`` pixels at ``angle`` degrees, anti-aliased (a pixel's
     weight falls linearly with its distance to the segment, zero beyond one pixel)."""
     yy, xx = _grid(size, device, dtype)
@@ -104,9 +106,13 @@ def kernel_width(kernels: torch.Tensor) -> torch.Tensor:
 
 class GaussianBlurOptions(DegradationOptions):
     sigma: float = Field(2.0, gt=0, le=30, description="standard deviation in pixels (x axis)")
-    sigma_y: float | None = Field(None, gt=0, le=30, description="y-axis sigma (anisotropic); default sigma")
+    sigma_y: float | None = Field(
+        None, gt=0, le=30, description="y-axis sigma (anisotropic); default sigma"
+    )
     angle: float = Field(0.0, ge=-180, le=180, description="rotation of the x axis in degrees")
-    size: int | None = Field(None, ge=1, le=101, description="odd kernel side; default covers 3 sigma")
+    size: int | None = Field(
+        None, ge=1, le=101, description="odd kernel side; default covers 3 sigma"
+    )
 
     @model_validator(mode="after")
     def _odd(self) -> GaussianBlurOptions:
@@ -119,7 +125,13 @@ class GaussianBlurKernel(Degradation):
     name = "gaussian-blur-kernel"
     description = "Convolution with a (possibly anisotropic) Gaussian kernel (deblurring)."
     Options = GaussianBlurOptions
-    severities = {1: {"sigma": 0.5}, 2: {"sigma": 1.0}, 3: {"sigma": 1.5}, 4: {"sigma": 2.0}, 5: {"sigma": 3.0}}
+    severities = {
+        1: {"sigma": 0.5},
+        2: {"sigma": 1.0},
+        3: {"sigma": 1.5},
+        4: {"sigma": 2.0},
+        5: {"sigma": 3.0},
+    }
 
     def kernel(self, device=None, dtype=torch.float32) -> torch.Tensor:
         o = self.options
@@ -133,7 +145,9 @@ class GaussianBlurKernel(Degradation):
 class MotionBlurOptions(DegradationOptions):
     length: float = Field(7.0, ge=1, le=61, description="streak length in pixels")
     angle: float = Field(0.0, ge=-180, le=180, description="direction in degrees (0 = horizontal)")
-    size: int | None = Field(None, ge=1, le=101, description="odd kernel side; default fits the streak")
+    size: int | None = Field(
+        None, ge=1, le=101, description="odd kernel side; default fits the streak"
+    )
 
     @model_validator(mode="after")
     def _odd(self) -> MotionBlurOptions:
@@ -146,7 +160,13 @@ class MotionBlurKernel(Degradation):
     name = "motion-blur-kernel"
     description = "Convolution with a straight, anti-aliased motion streak (camera shake)."
     Options = MotionBlurOptions
-    severities = {1: {"length": 3}, 2: {"length": 5}, 3: {"length": 7}, 4: {"length": 11}, 5: {"length": 15}}
+    severities = {
+        1: {"length": 3},
+        2: {"length": 5},
+        3: {"length": 7},
+        4: {"length": 11},
+        5: {"length": 15},
+    }
 
     def kernel(self, device=None, dtype=torch.float32) -> torch.Tensor:
         o = self.options

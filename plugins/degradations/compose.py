@@ -49,7 +49,9 @@ class Compose(Degradation):
         reg = _registry(None)
         for ref in options.ops:
             entry = reg.get("degradation", ref.use)
-            if entry is not None and entry.obj.needs_mask(entry.options.model_validate(ref.options_dict())):
+            if entry is not None and entry.obj.needs_mask(
+                entry.options.model_validate(ref.options_dict())
+            ):
                 return True
         return False
 

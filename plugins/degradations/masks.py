@@ -91,7 +91,13 @@ class BoxMask(_Masking):
     name = "box-mask"
     description = "A missing rectangle given in fractions of the image (SHRED's centred square)."
     Options = BoxMaskOptions
-    severities = {1: _centred(0.2), 2: _centred(0.3), 3: _centred(0.4), 4: _centred(0.5), 5: _centred(0.6)}
+    severities = {
+        1: _centred(0.2),
+        2: _centred(0.3),
+        3: _centred(0.4),
+        4: _centred(0.5),
+        5: _centred(0.6),
+    }
 
     def prepare(self, observation: Observation) -> None:
         image = observation.image
@@ -114,9 +120,17 @@ class PixelSubsample(_Masking):
     sample of a batch and every run sees the same pattern."""
 
     name = "pixel-subsample"
-    description = "Keeps a random fraction of the pixels (compressed sensing), fixed pattern per seed."
+    description = (
+        "Keeps a random fraction of the pixels (compressed sensing), fixed pattern per seed."
+    )
     Options = PixelSubsampleOptions
-    severities = {1: {"ratio": 0.5}, 2: {"ratio": 0.25}, 3: {"ratio": 0.1}, 4: {"ratio": 0.05}, 5: {"ratio": 0.01}}
+    severities = {
+        1: {"ratio": 0.5},
+        2: {"ratio": 0.25},
+        3: {"ratio": 0.1},
+        4: {"ratio": 0.05},
+        5: {"ratio": 0.01},
+    }
 
     def prepare(self, observation: Observation) -> None:
         image = observation.image

@@ -49,7 +49,9 @@ class ShredOptions(StageOptions):
     )
     iterations: int = Field(100, ge=1, le=100_000, description="Adam iterations (forward passes)")
     lr: float = Field(0.003, gt=0, le=10, description="Adam learning rate of x_T")
-    delta: int = Field(100, ge=1, le=1000, description="DDIM jump size delta t (ORIGINAL timesteps)")
+    delta: int = Field(
+        100, ge=1, le=1000, description="DDIM jump size delta t (ORIGINAL timesteps)"
+    )
     grid: Literal["jump", "leading"] = Field(
         "jump",
         description="jump: T-1, T-1-delta, ..., as the paper; leading: diffusers' grid of T/delta "
@@ -72,8 +74,11 @@ class ShredOptions(StageOptions):
         None, gt=0, description="early stop: a sample stops once its loss is below this value"
     )
     operator_lr: float | None = Field(
-        None, gt=0, le=10, description="Adam learning rate of a blind H's parameters (default: "
-        "the operator's suggestion, 2e-4 for the kernel network)"
+        None,
+        gt=0,
+        le=10,
+        description="Adam learning rate of a blind H's parameters (default: "
+        "the operator's suggestion, 2e-4 for the kernel network)",
     )
     data_weight: float = Field(1.0, ge=0, description="weight of the data term ||y - H(x0)||")
     guidance_t: int = Field(
@@ -156,14 +161,21 @@ class Shred(Stage):
             else:
                 eps = _eps(ctx, x, t)
             result = steps.ddim_step(
-                x, eps.to(x.dtype), ctx.abar(t), ctx.abar(t_prev), eta=0.0, clip_x0=self.options.clip_x0
+                x,
+                eps.to(x.dtype),
+                ctx.abar(t),
+                ctx.abar(t_prev),
+                eta=0.0,
+                clip_x0=self.options.clip_x0,
             )
             x = result.x_prev if t_prev >= 0 else result.x0
         return x
 
     # --- objective ---------------------------------------------------------------------------
 
-    def losses(self, ctx: RunContext, loop: LoopHandle, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def losses(
+        self, ctx: RunContext, loop: LoopHandle, x0: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(total [N], data term [N] or None)`` for the images ``x0`` (graph kept)."""
         total = None
         data = None
@@ -194,12 +206,19 @@ class Shred(Stage):
         if o.sphere:
             _to_sphere(latent, radius, torch.ones(n, dtype=torch.bool))
         groups: list[dict[str, Any]] = [{"params": [latent], "lr": o.lr}]
-        blind = [p for p in (self.operator.parameters() if self.operator else []) if p.requires_grad]
+        blind = [
+            p for p in (self.operator.parameters() if self.operator else []) if p.requires_grad
+        ]
         for p in blind:
             if p.dim() == 0 or p.shape[0] != n:
                 raise RecipeError(
                     f"stage '{self.id}'",
-                    [("operator", f"blind operator '{self.operator.name}' must hold one parameter set per sample")],
+                    [
+                        (
+                            "operator",
+                            f"blind operator '{self.operator.name}' must hold one parameter set per sample",
+                        )
+                    ],
                 )
         if blind:
             lr = o.operator_lr or self.operator.suggested_lr or 2e-4
@@ -234,8 +253,12 @@ class Shred(Stage):
                     stopped[i] = k + 1
                 active &= ~finished
             live = values[running]
-            ctx.emit("iteration", index=k, total=o.iterations,
-                     postfix={"loss": f"{float(live.mean()):.4g}", "it": k + 1})
+            ctx.emit(
+                "iteration",
+                index=k,
+                total=o.iterations,
+                postfix={"loss": f"{float(live.mean()):.4g}", "it": k + 1},
+            )
             if k + 1 == o.iterations or not bool(active.any()):
                 break
             (total * active.to(total.device, total.dtype)).sum().backward()

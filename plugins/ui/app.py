@@ -27,6 +27,7 @@ from guidestack.engine.outputs import save_pil, tensor_to_pil, write_text
 from guidestack.engine.recipe import recipe_index
 from guidestack.engine.registry import Registry, default_registry
 
+from ..faces.detect import DEFAULT_MIN_FACE, DEFAULT_THRESHOLD
 from . import session as S
 
 MAX_FILE_SIZE = "20mb"
@@ -208,6 +209,18 @@ def build(app: App) -> gr.Blocks:
                     brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"),
                     elem_id="mask-editor",
                 )
+            faces_box = gr.Accordion("Faces in the wild (as `guidestack run --faces`)", open=False)
+            with faces_box, gr.Row():
+                faces_on = gr.Checkbox(
+                    False,
+                    label="Detect, align and restore every face of the photo",
+                    elem_id="faces",
+                )
+                min_face = gr.Number(DEFAULT_MIN_FACE, label="Smallest face side (px)", minimum=1)
+                threshold = gr.Number(
+                    DEFAULT_THRESHOLD, label="Detector probability", minimum=0, maximum=1
+                )
+                upscale = gr.Number(1, precision=0, label="Upscale", minimum=1, maximum=8)
             with gr.Accordion("Options (generated from each stage's options model)", open=False):
 
                 @gr.render(inputs=[raw_state], triggers=[version.change])
@@ -227,6 +240,13 @@ def build(app: App) -> gr.Blocks:
                 )
                 slider = gr.ImageSlider(
                     label="Before / after", elem_id="compare", interactive=False, type="filepath"
+                )
+            with gr.Row():
+                detected = gr.Image(
+                    label="Detected faces", elem_id="detected", interactive=False, visible=False
+                )
+                gallery = gr.Gallery(
+                    label="Restored faces", elem_id="faces-out", visible=False, columns=6
                 )
             downloads = gr.File(
                 label="Downloads", file_count="multiple", elem_id="downloads", interactive=False
@@ -303,16 +323,27 @@ def build(app: App) -> gr.Blocks:
         save_btn.click(save, [raw_state], [saved])
 
         def run(
-            raw_now, seed_value, image_path, editor_value, mask_path, ref_path, request: gr.Request
-        ):
+            raw_now, seed_value, image_path, editor_value, mask_path, ref_path,
+            faces_value, mf, th, up, request: gr.Request,
+        ):  # fmt: skip
+            wild = S.FacesOptions(mf, th, int(up or 1)) if faces_value else None
             yield from _run(
-                app, raw_now, seed_value, image_path, editor_value, mask_path, ref_path, request
+                app,
+                raw_now,
+                seed_value,
+                image_path,
+                editor_value,
+                mask_path,
+                ref_path,
+                wild,
+                request,
             )
 
         run_btn.click(
             run,
-            [raw_state, seed, image, editor, mask_upload, reference],
-            [status, preview, slider, downloads],
+            [raw_state, seed, image, editor, mask_upload, reference]
+            + [faces_on, min_face, threshold, upscale],
+            [status, preview, slider, downloads, detected, gallery],
             concurrency_limit=1,
             concurrency_id="run",
         )
@@ -351,7 +382,30 @@ def _drawn_mask(editor_value: Any) -> np.ndarray | None:
     return painted.astype(np.uint8) * 255
 
 
-def _run(app: App, raw, seed_value, image_path, editor_value, mask_path, ref_path, request):
+def _run(app: App, raw, seed_value, image_path, editor_value, mask_path, ref_path, wild, request):
+    steps = _run_steps(
+        app, raw, seed_value, image_path, editor_value, mask_path, ref_path, wild, request
+    )
+    for update in steps:
+        if isinstance(update[-1], S.RunOutcome):  # the last update: show the faces panels
+            yield (*update[:-1], *_faces_panels(update[-1], wild))
+        else:
+            yield (*update, gr.skip(), gr.skip())
+
+
+def _faces_panels(result: S.RunOutcome, wild) -> tuple:
+    """Detected/restored faces, shown when a ``--faces`` run finishes (hidden otherwise)."""
+    if wild is None:
+        return gr.Image(visible=False), gr.Gallery(visible=False)
+    return (
+        gr.Image(value=str(result.detected), visible=True),
+        gr.Gallery(value=[str(p) for p in result.faces], visible=True),
+    )
+
+
+def _run_steps(
+    app: App, raw, seed_value, image_path, editor_value, mask_path, ref_path, wild, request
+):
     skip = gr.skip()
     if not image_path:
         yield "Upload an input image first.", skip, skip, skip
@@ -385,6 +439,7 @@ def _run(app: App, raw, seed_value, image_path, editor_value, mask_path, ref_pat
                     run_dir,
                     on_event=on_event,
                     cancel=cancel,
+                    faces=wild,
                 )
         except GuidestackError as exc:
             outcome["error"] = str(exc)
@@ -421,11 +476,13 @@ def _run(app: App, raw, seed_value, image_path, editor_value, mask_path, ref_pat
         return
     result: S.RunOutcome = outcome["ok"]
     before = str(files.image)
+    notes = "".join(f"\n\n*{w}*" for w in result.warnings)
     yield (
-        f"**Done** ({done} steps). Re-run with the CLI: `{result.cli}`",
+        f"**Done** ({done} steps). Re-run with the CLI: `{result.cli}`{notes}",
         str(result.output),
         (before, str(result.output)),
         [str(p) for p in result.files],
+        result,
     )
 
 

@@ -22,13 +22,13 @@ import torch
 from annotated_types import Ge, Gt, Le, Lt
 
 from guidestack import __version__
-from guidestack.engine.cli_run import Item, _load, _observation, _requirements
+from guidestack.engine.cli_run import Item, _load, _observation
 from guidestack.engine.errors import GuidestackError, RecipeError, UsageError
 from guidestack.engine.imageio import read_image
 from guidestack.engine.outputs import save_image, save_pil, write_json, write_text
 from guidestack.engine.pictures import compare_grid
 from guidestack.engine.prior_source import load_prior
-from guidestack.engine.recipe import apply_per_prior, load_raw, validate
+from guidestack.engine.recipe import apply_per_prior, load_raw, recipe_requirements, validate
 from guidestack.engine.registry import Registry
 from guidestack.engine.run import derive_seed, run_recipe
 
@@ -226,10 +226,12 @@ class FacesOptions:
     upscale: int = 1
 
     def cli(self) -> list[str]:
+        from guidestack.plugins.faces.detect import DEFAULT_MIN_FACE, DEFAULT_THRESHOLD
+
         out = ["--faces"]
-        if self.min_face is not None:
+        if self.min_face is not None and self.min_face != DEFAULT_MIN_FACE:
             out.append(f"--min-face {self.min_face:g}")
-        if self.threshold is not None:
+        if self.threshold is not None and self.threshold != DEFAULT_THRESHOLD:
             out.append(f"--face-threshold {self.threshold:g}")
         if self.upscale != 1:
             out.append(f"--upscale {self.upscale}")
@@ -310,7 +312,7 @@ def execute(
     prior = priors.get(prior_name, recipe.prior.dtype)
     # the same path the CLI takes: per-prior tables (none left after recipe_for_prior) then validate
     recipe = validate(apply_per_prior(raw, prior.name, prior.kind, "ui"), registry, "ui")
-    needs = _requirements(recipe, registry)
+    needs = recipe_requirements(recipe, registry)
     if faces is not None and files.mask is not None:
         raise UsageError(
             "a mask cannot be combined with faces in the wild (as --mask with --faces)"
