@@ -316,15 +316,15 @@ def _prior_fit(args: argparse.Namespace) -> int:
 
 
 def _ui(args: argparse.Namespace) -> int:
-    try:  # gradio is an optional extra; the engine never imports it
-        import gradio  # noqa: F401
-        import tomli_w  # noqa: F401
-    except ImportError as exc:
+    from importlib.util import find_spec
+
+    missing = [m for m in ("gradio", "tomli_w") if find_spec(m) is None]
+    if missing:  # gradio is an optional extra; the engine never imports it
         raise UsageError(
-            f"`guidestack ui` needs the optional UI dependencies ({exc.name} is missing): "
+            f"`guidestack ui` needs the optional UI dependencies ({', '.join(missing)} missing): "
             "pip install 'guidestack[ui]'"
-        ) from exc
-    from guidestack.plugins.ui.app import serve
+        )
+    from guidestack.plugins.ui.server import serve
 
     serve(args.host, args.port)
     return 0

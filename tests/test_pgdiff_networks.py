@@ -144,7 +144,8 @@ def test_identity_guidance_moves_the_embedding_towards_the_reference(reg, prior,
         r = recipe(reg, [{**options, "distance": distance}], window=[-1, 400])
         stage = Identity(r.stages[0])
         assert stage.weight == weight  # paper / official defaults
-    guided_recipe = recipe(reg, [options], steps=8, rule="mean_shift", scale=10.0)
+    # scale 5: at 10 the eight large mean-shift steps overshoot the random network's minimum
+    guided_recipe = recipe(reg, [options], steps=8, rule="mean_shift", scale=5.0)
     plain_recipe = recipe(reg, [options], steps=8, rule="mean_shift", scale=0.0)
     guided, ctx = run_recipe(guided_recipe, prior, obs, [0, 1], reg)
     plain, _ = run_recipe(plain_recipe, prior, obs, [0, 1], reg)

@@ -156,6 +156,10 @@ def test_cancel_and_refusals(registry, tmp_path, monkeypatch):
         S.execute(raw, S.RunFiles(FACE, None, None, "x"), 0, priors, tmp_path / "m")
     with pytest.raises(UsageError, match="registered priors"):
         priors.get(str(tmp_path / "prior.pt"))  # no server-side paths from the browser
+    sneaky = S.recipe_for_prior("inpaint", registry, PRIOR, "gaussian")
+    sneaky["prior"]["name"] = "/etc/prior.pt"
+    with pytest.raises(UsageError, match=r"not accepted from the browser \(prior\.name\)"):
+        S.execute(sneaky, S.RunFiles(FACE, MASK, None, "x"), 0, priors, tmp_path / "s")
     monkeypatch.setattr(S, "MAX_UPLOAD_PIXELS", 100 * 100)
     with pytest.raises(UsageError, match="at most"):
         S.execute(raw, S.RunFiles(FACE, MASK, None, "x"), 0, priors, tmp_path / "p")
@@ -254,15 +258,32 @@ def test_browser_inpaint_roundtrip(ui_server, tmp_path, registry):
             page.goto(ui_server, wait_until="load")
             page.wait_for_selector("#problems :text('Recipe is valid')", timeout=30_000)
             page.locator("#input-image input[type=file]").set_input_files(str(FACE))
-            page.locator("#mask-upload input[type=file]").set_input_files(str(MASK))
             page.locator("#input-image img").wait_for(timeout=10_000)
+            page.locator("#steps input").fill("4")
+            page.locator("#steps input").press("Tab")
+            # a mask painted on the input is used (and offered for download with the recipe)
+            page.get_by_text("or draw the mask").click()
+            page.locator("#mask-editor button[aria-label='Brush']").first.click()
+            box = page.locator("#mask-editor canvas").first.bounding_box()
+            x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            page.mouse.move(x - 20, y)
+            page.mouse.down()
+            for k in range(10):
+                page.mouse.move(x - 20 + 4 * k, y)
+            page.mouse.up()
+            page.wait_for_timeout(1000)
+            page.locator("#run").click()
+            page.wait_for_selector("#status :text('Done (4 steps)')", timeout=60_000)
+            assert "--mask astronaut_masked_mask.png" in page.locator("#status").inner_text()
+            assert page.locator('#downloads a[download="astronaut_masked_mask.png"]').count() == 1
+            page.locator("#mask-upload input[type=file]").set_input_files(str(MASK))
             page.locator("#mask-upload img").wait_for(timeout=10_000)
             page.locator("#steps input").fill("8")
             page.locator("#steps input").press("Tab")
             page.locator("#seed input").fill("3")
             page.locator("#seed input").press("Tab")
             page.locator("#run").click()
-            page.wait_for_selector("#status :text('Done')", timeout=60_000)
+            page.wait_for_selector("#status :text('Done (8 steps)')", timeout=60_000)
             assert page.locator("#compare img").count() >= 1  # the before/after shows the output
             status = page.locator("#status").inner_text()
             assert "--seed 3" in status and "--mask astronaut_mask.png" in status

@@ -11,8 +11,6 @@ import copy
 import os
 import queue
 import shutil
-import signal
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,7 +23,7 @@ from PIL import Image
 from guidestack.engine.errors import GuidestackError
 from guidestack.engine.outputs import save_pil, tensor_to_pil, write_text
 from guidestack.engine.recipe import recipe_index
-from guidestack.engine.registry import Registry, default_registry
+from guidestack.engine.registry import Registry
 
 from ..faces.detect import DEFAULT_MIN_FACE, DEFAULT_THRESHOLD
 from . import session as S
@@ -62,6 +60,8 @@ class App:
 
     def fresh(self, recipe: str, prior: str) -> tuple[dict, str]:
         """The recipe specialised for the prior (loading it tells its kind), plus any error."""
+        if recipe not in self.recipes:  # a name from the list, never a path
+            raise gr.Error(f"unknown recipe {recipe!r}")
         try:
             kind, error = self.priors.get(prior).kind, ""
         except GuidestackError as exc:
@@ -484,40 +484,3 @@ def _run_steps(
         [str(p) for p in result.files],
         result,
     )
-
-
-def serve(host: str = "127.0.0.1", port: int | None = None) -> None:
-    """Start the UI (blocking).  Uploads and outputs live in one temporary folder, removed at exit."""
-    root = Path(tempfile.mkdtemp(prefix="guidestack-ui-"))
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    os.environ["GRADIO_TEMP_DIR"] = str(root / "uploads")
-    app = App(default_registry(), root)
-    demo = build(app)
-    demo.queue(default_concurrency_limit=1, max_size=16)
-    where = "loopback only" if host in ("127.0.0.1", "localhost", "::1") else "ALL interfaces given"
-    print(
-        f"guidestack ui: serving on http://{host}:{port or 7860} ({where}); Ctrl+C stops",
-        flush=True,
-    )
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # so the folder is removed on SIGTERM too
-    try:
-        demo.launch(
-            server_name=host,
-            server_port=port,
-            max_file_size=MAX_FILE_SIZE,
-            theme=gr.themes.Default(font=THEME_FONTS, font_mono=["ui-monospace", "monospace"]),
-            footer_links=[],
-            ssr_mode=False,
-            show_error=True,
-            quiet=True,
-        )
-    except KeyboardInterrupt:
-        pass
-    finally:
-        demo.close()
-        signal.signal(signal.SIGTERM, previous)
-        shutil.rmtree(root, ignore_errors=True)
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt

@@ -270,6 +270,31 @@ class PriorCache:
             return self._priors[key]
 
 
+def refuse_paths(raw: dict) -> None:
+    """Refuse recipe values that look like server-side paths (``/``, ``\\``, ``~``, ``..``):
+    a browser user may pick registered plugins and numbers, never files on the server."""
+    found = []
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{where}.{k}" if where else str(k))
+        elif isinstance(value, list | tuple):
+            for i, v in enumerate(value):
+                walk(v, f"{where}[{i}]")
+        elif isinstance(value, str) and (
+            "/" in value or "\\" in value or value.startswith("~") or ".." in value
+        ):
+            found.append(where)
+
+    walk({k: v for k, v in raw.items() if k != "description"}, "")
+    if found:
+        raise UsageError(
+            f"file paths are not accepted from the browser ({', '.join(found)}); "
+            "use registered names, or run the recipe with the command line"
+        )
+
+
 def check_upload(path: Path, what: str) -> None:
     """Refuse images larger than :data:`MAX_UPLOAD_PIXELS` before the run starts."""
     size = read_image(path, kind="mask" if what == "mask" else "image").tensor.shape[-2:]
@@ -307,6 +332,7 @@ def execute(
     ``faces``, the photo goes through the CLI's own ``--faces`` path."""
     registry = priors.registry
     raw = copy.deepcopy(raw)
+    refuse_paths(raw)
     recipe = validate(copy.deepcopy(raw), registry, "ui")
     prior_name = recipe.prior.name
     prior = priors.get(prior_name, recipe.prior.dtype)
