@@ -237,6 +237,7 @@ def ui_server(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.browser
 def test_browser_inpaint_roundtrip(ui_server, tmp_path, registry):
     """BROWSER: upload a face and a mask, run inpaint, download the recipe, re-run it with the CLI."""
     from playwright.sync_api import sync_playwright
