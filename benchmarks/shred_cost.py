@@ -2,11 +2,13 @@
 gradient modes, on a tiny randomly initialised UNet2DModel (the diffusers code path of real
 models at a size a CPU runs in seconds).
 
-Seconds are wall time per iteration of a real run (``run_recipe``: forward jumps, loss,
-backward, Adam step, sphere projection), median over ``--repeats`` runs.  Peak memory is the peak
+Times are per iteration of a real run (``run_recipe``: forward jumps, loss, backward, Adam
+step, sphere projection), median over ``--repeats`` runs, both wall time and this process's CPU
+time (the CPU time is the robust number on a shared machine; one torch thread by default).  Peak memory is the peak
 of torch's CPU allocations during one forward + backward (the profiler's memory events; Python's
 tracemalloc does not see torch's allocator), after a warm-up iteration.  Model calls per
-iteration are counted by the engine: full backprop with checkpointing recomputes each jump once.
+iteration are counted by the engine for an iteration with a backward pass: full backprop with
+checkpointing recomputes each jump once.
 
 Run: ``python benchmarks/shred_cost.py [--size 32] [--iterations 5] [--repeats 3]``; prints a
 Markdown table (docs/performance.md keeps the last one).
@@ -90,10 +92,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32, help="image side of the tiny UNet")
     parser.add_argument("--iterations", type=int, default=5, help="SHRED iterations per run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per setting (median)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.iterations < 2:
+        parser.error("--iterations must be at least 2")
+    torch.set_num_threads(args.threads)
     registry = load_registry(entry_points=False)
     prior = DiffusersPrior(build_tiny_unet(args.size), dict(tiny_scheduler().config))
     y = torch.rand(1, 3, args.size, args.size, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -104,24 +107,32 @@ def main() -> None:
             options = stage_options(delta, mode, args.iterations)
             recipe = validate({"description": "bench", "stage": [options]}, registry, "bench")
             run_recipe(recipe, prior, Observation(image=y), [0], registry)  # warm-up
-            times, calls = [], 0
+            wall, cpu, calls = [], [], 0
             for _ in range(args.repeats):
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 _, ctx = run_recipe(recipe, prior, Observation(image=y), [0], registry)
-                times.append((time.perf_counter() - start) / args.iterations)
-                calls = ctx.model_calls // args.iterations
+                wall.append((time.perf_counter() - start) / args.iterations)
+                cpu.append((time.process_time() - start_cpu) / args.iterations)
+                # the last iteration has no backward pass: count a full one
+                jumps = len(ctx.report["grid"])
+                calls = (ctx.model_calls - jumps) // (args.iterations - 1)
             peak = peak_memory(prior, registry, y, options)
-            rows.append((delta, name, calls, statistics.median(times), peak))
+            rows.append((delta, name, calls, statistics.median(wall), statistics.median(cpu), peak))
 
     print(
         f"tiny UNet2DModel {args.size}x{args.size} (0.65 M parameters), torch "
         f"{torch.__version__}, {torch.get_num_threads()} CPU threads, "
         f"{args.iterations} iterations x {args.repeats} runs\n"
     )
-    print("| delta t | gradient | model calls / iteration | ms / iteration | peak memory (MB) |")
-    print("|---:|---|---:|---:|---:|")
-    for delta, name, calls, seconds, peak in rows:
-        print(f"| {delta} | {name} | {calls} | {seconds * 1000:.1f} | {peak / 1e6:.2f} |")
+    print(
+        "| delta t | gradient | model calls / iteration | wall ms / iteration | CPU ms / iteration "
+        "| peak memory (MB) |"
+    )
+    print("|---:|---|---:|---:|---:|---:|")
+    for delta, name, calls, wall, cpu, peak in rows:
+        print(
+            f"| {delta} | {name} | {calls} | {wall * 1000:.1f} | {cpu * 1000:.1f} | {peak / 1e6:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -122,7 +122,7 @@ def _planned(items: list[Item], trajectory: bool, outdir: Path | None = None) ->
     return names
 
 
-def _load(item: Item, args: argparse.Namespace) -> None:
+def load_item(item: Item, args: argparse.Namespace) -> None:
     item.image = read_image(item.path)
     item.warnings += item.image.warnings
     mask_path = companion(args.mask, item, "mask")
@@ -136,7 +136,7 @@ def _load(item: Item, args: argparse.Namespace) -> None:
         item.warnings += item.reference.warnings
 
 
-def _observation(batch: list[Item], size: int) -> Observation:
+def observation_for(batch: list[Item], size: int) -> Observation:
     images, masks, refs, meta = [], [], [], []
     for item in batch:
         img, placement = to_square(item.image.tensor, size)
@@ -210,7 +210,7 @@ def run_command(args: argparse.Namespace, registry: Registry) -> int:
 
     for item in todo:
         try:
-            _load(item, args)
+            load_item(item, args)
         except InputError as exc:
             item.status, item.error = "refused", str(exc)
             print(f"error: {exc}", file=sys.stderr)
@@ -314,9 +314,9 @@ def _run_batch(
 ) -> None:
     if args.faces:
         for item in batch:
-            _run_faces(item, recipe, prior, registry, device, outdir, args, progress)
+            run_faces(item, recipe, prior, registry, device, outdir, args, progress)
         return
-    obs = _observation(batch, prior.image_size)
+    obs = observation_for(batch, prior.image_size)
     label = batch[0].name if len(batch) == 1 else f"{batch[0].name} (+{len(batch) - 1})"
     watcher = _Watcher(label, progress, args.trajectory)
     callback = watcher
@@ -377,7 +377,7 @@ def _per_sample(report: dict[str, Any], k: int, n: int) -> dict[str, Any]:
     return out
 
 
-def _run_faces(item: Item, recipe, prior, registry, device, outdir: Path, args, progress) -> None:
+def run_faces(item: Item, recipe, prior, registry, device, outdir: Path, args, progress) -> None:
     """``--faces``: restore every face of a photo (aligned to the prior's template) and paste
     each back; one run of the recipe with all faces of the photo as its batch."""
     from guidestack.plugins.faces.pipeline import restore_faces

@@ -22,7 +22,7 @@ import torch
 from annotated_types import Ge, Gt, Le, Lt
 
 from guidestack import __version__
-from guidestack.engine.cli_run import Item, _load, _observation
+from guidestack.engine.cli_run import Item, load_item, observation_for
 from guidestack.engine.errors import GuidestackError, RecipeError, UsageError
 from guidestack.engine.imageio import read_image
 from guidestack.engine.outputs import save_image, save_pil, write_json, write_text
@@ -360,7 +360,7 @@ def execute(
         mask=str(files.mask) if files.mask else None,
         reference=str(files.reference) if files.reference else None,
     )
-    _load(item, args)
+    load_item(item, args)
 
     def callback(event: str, **info: Any) -> None:
         if cancel is not None and cancel.is_set():
@@ -372,7 +372,7 @@ def execute(
         return _execute_faces(
             raw, recipe, prior, registry, item, files, seed, folder, faces, callback
         )
-    obs = _observation([item], prior.image_size)
+    obs = observation_for([item], prior.image_size)
     result, ctx = run_recipe(
         recipe, prior, obs, [item.seed], registry, device=torch.device("cpu"), callback=callback
     )
@@ -449,7 +449,7 @@ def _execute_faces(
     """``guidestack run --faces``: the CLI's function itself, writing into ``folder``."""
     from PIL import ImageDraw
 
-    from guidestack.engine.cli_run import _run_faces
+    from guidestack.engine.cli_run import run_faces
     from guidestack.engine.outputs import tensor_to_pil
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -460,7 +460,7 @@ def _execute_faces(
         upscale=faces.upscale,
         trajectory=0,
     )
-    _run_faces(
+    run_faces(
         item, recipe, prior, registry, torch.device("cpu"), folder, args, _ProgressEvents(callback)
     )
     if item.status != "done":
