@@ -428,7 +428,9 @@ def _cross_checks(
             )
     sampler: SamplerConfig = sections["sampler"]  # type: ignore[assignment]
     guidance: GuidanceConfig = sections["guidance"]  # type: ignore[assignment]
-    guides = any("guidance_loss" in registry.get("stage", s.use).hooks for s in stages)
+    hooks = [registry.get("stage", s.use).hooks for s in stages]
+    # an optimise stage (SHRED) uses the losses itself, not the loop's update rule
+    guides = any("guidance_loss" in h for h in hooks) and not any("optimise" in h for h in hooks)
     if (
         guides
         and guidance.rule == "mean_shift"
