@@ -23,6 +23,7 @@ import io
 import math
 import os
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,19 +94,15 @@ def decode_image(data: bytes, size: int) -> torch.Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).float() / 127.5 - 1.0
 
 
-def read_images(files: list[Path], size: int) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Decode ``files`` to ``[N, 3, size, size]``; skips unreadable files and byte-identical copies.
-
-    A duplicate would silently count twice in the fit, so copies are dropped (and reported).
-    Raises :class:`InputError` if no file is usable.
-    """
-    if size < 2:
-        raise UsageError(f"--size must be at least 2 pixels, got {size}")
+def _distinct_decoded(
+    files: Sequence[Path],
+    decode: Callable[[bytes], Any],
+    skipped: list[dict[str, str]],
+    duplicates: list[dict[str, str]],
+) -> Iterator[tuple[Path, Any]]:
+    """``(path, decode(bytes))`` for each readable file; unreadable files go to ``skipped`` and
+    byte-identical copies of an earlier file to ``duplicates`` (a copy must not count twice)."""
     seen: dict[str, str] = {}
-    images: list[torch.Tensor] = []
-    used: list[str] = []
-    skipped: list[dict[str, str]] = []
-    duplicates: list[dict[str, str]] = []
     for path in files:
         try:
             data = path.read_bytes()
@@ -117,11 +114,30 @@ def read_images(files: list[Path], size: int) -> tuple[torch.Tensor, dict[str, A
             duplicates.append({"file": str(path), "same_as": seen[digest]})
             continue
         try:
-            images.append(decode_image(data, size))
+            value = decode(data)
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             skipped.append({"file": str(path), "reason": f"not a readable image ({exc})"})
             continue
         seen[digest] = str(path)
+        yield path, value
+
+
+def read_images(files: list[Path], size: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Decode ``files`` to ``[N, 3, size, size]``; skips unreadable files and byte-identical copies.
+
+    A duplicate would silently count twice in the fit, so copies are dropped (and reported).
+    Raises :class:`InputError` if no file is usable.
+    """
+    if size < 2:
+        raise UsageError(f"--size must be at least 2 pixels, got {size}")
+    images: list[torch.Tensor] = []
+    used: list[str] = []
+    skipped: list[dict[str, str]] = []
+    duplicates: list[dict[str, str]] = []
+    for path, image in _distinct_decoded(
+        files, lambda data: decode_image(data, size), skipped, duplicates
+    ):
+        images.append(image)
         used.append(str(path))
     report = {"files": used, "skipped": skipped, "duplicates": duplicates}
     if not images:
@@ -192,30 +208,18 @@ def read_aligned_faces(
     if size < 2:
         raise UsageError(f"--size must be at least 2 pixels, got {size}")
     min_face = default_min_face(size) if min_face is None else float(min_face)
-    seen: dict[str, str] = {}
     crops: list[torch.Tensor] = []
     faces: list[dict[str, Any]] = []
     used: list[str] = []
     skipped: list[dict[str, str]] = []
     duplicates: list[dict[str, str]] = []
     near: list[dict[str, Any]] = []
-    for path in files:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            skipped.append({"file": str(path), "reason": exc.strerror or str(exc)})
-            continue
-        digest = hashlib.sha256(data).hexdigest()
-        if digest in seen:
-            duplicates.append({"file": str(path), "same_as": seen[digest]})
-            continue
-        try:
-            # a face of min_face px must keep >= size / 2 px (see default_min_face)
-            photo, scale = decode_photo(data, reduce=size / (2.0 * min_face))
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            skipped.append({"file": str(path), "reason": f"not a readable image ({exc})"})
-            continue
-        seen[digest] = str(path)
+    # a face of min_face px must keep >= size / 2 px (see default_min_face)
+    reduce = size / (2.0 * min_face)
+    decoded = _distinct_decoded(
+        files, lambda data: decode_photo(data, reduce=reduce), skipped, duplicates
+    )
+    for path, (photo, scale) in decoded:
         found = detect_faces(photo, min_face=min_face * scale, detect_side=detect_side, double=True)
         kept, notes = select_faces(found, threshold=threshold, min_face=min_face * scale)
         kept = sorted(kept, key=lambda d: -d.size)[:max_faces]
