@@ -316,6 +316,23 @@ def cli_command(files: RunFiles, seed: int, prior: str, faces: FacesOptions | No
     return " ".join(parts)
 
 
+def _run_report(
+    recipe: Any, prior: Any, seed: int, command: str, entry: dict[str, Any], **extra: Any
+) -> dict[str, Any]:
+    """run.json of a UI run: the CLI's fields plus the command that re-runs it."""
+    return {
+        "guidestack": __version__,
+        "recipe_source": "recipe.toml (guidestack ui)",
+        "recipe": recipe.resolved(),
+        "prior": prior.describe(),
+        "device": "cpu",
+        "seed": seed,
+        "cli": command,
+        **extra,
+        "inputs": [entry],
+    }
+
+
 def execute(
     raw: dict,
     files: RunFiles,
@@ -392,28 +409,18 @@ def execute(
         folder / "recipe.toml",
     )
     item.status = "done"
-    report = {
-        "guidestack": __version__,
-        "recipe_source": "recipe.toml (guidestack ui)",
-        "recipe": recipe.resolved(),
-        "prior": prior.describe(),
-        "device": "cpu",
-        "seed": seed,
-        "cli": command,
-        "inputs": [
-            {
-                "name": item.name,
-                "file": f"{item.name}{files.image.suffix}",
-                "seed": item.seed,
-                "status": "done",
-                "warnings": item.warnings,
-                "placement": item.info.get("placement"),
-                "model_calls": ctx.model_calls,
-                "seconds": ctx.report.get("seconds"),
-                "outputs": [out_png.name, compare.name],
-            }
-        ],
+    entry = {
+        "name": item.name,
+        "file": f"{item.name}{files.image.suffix}",
+        "seed": item.seed,
+        "status": "done",
+        "warnings": item.warnings,
+        "placement": item.info.get("placement"),
+        "model_calls": ctx.model_calls,
+        "seconds": ctx.report.get("seconds"),
+        "outputs": [out_png.name, compare.name],
     }
+    report = _run_report(recipe, prior, seed, command, entry)
     manifest = write_json(report, folder / "run.json")
     extra = [p for p in (files.mask, files.reference) if p is not None and p.parent == folder]
     return RunOutcome(
@@ -480,25 +487,14 @@ def _execute_faces(
         to_toml(raw, f"saved by guidestack ui {__version__}; re-run with:\n  {command}"),
         folder / "recipe.toml",
     )
-    report = {
-        "guidestack": __version__,
-        "recipe_source": "recipe.toml (guidestack ui)",
-        "recipe": recipe.resolved(),
-        "prior": prior.describe(),
-        "device": "cpu",
-        "seed": seed,
-        "cli": command,
-        "faces": True,
-        "inputs": [
-            {
-                "name": item.name,
-                "seed": item.seed,
-                "status": item.status,
-                "warnings": item.warnings,
-                **item.info,
-            }
-        ],
+    entry = {
+        "name": item.name,
+        "seed": item.seed,
+        "status": item.status,
+        "warnings": item.warnings,
+        **item.info,
     }
+    report = _run_report(recipe, prior, seed, command, entry, faces=True)
     manifest = write_json(report, folder / "run.json")
     restored = sorted((folder / "faces").glob(f"{item.name}_face*_restored.png"))
     out_png, compare = folder / f"{item.name}.png", folder / f"{item.name}_compare.png"
