@@ -18,10 +18,12 @@ demo: setup
 	@echo "Open out/demo/astronaut_degraded_compare.png (input | output) and out/demo/run.json"
 
 test: setup
+	$(VENV)/bin/ruff check engine plugins src tests benchmarks examples docs
 	$(PY) -m pytest -q
 
 lint: setup
-	$(VENV)/bin/ruff check engine plugins src tests benchmarks examples
+	$(VENV)/bin/ruff check engine plugins src tests benchmarks examples docs
+	$(VENV)/bin/ruff format --check engine plugins src tests benchmarks examples docs
 
 bench: setup
 	$(PY) benchmarks/loop_overhead.py

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from conftest import shared
 from PIL import Image
 
-from conftest import shared
 from guidestack.engine.cli import main
 
 FAST = ["--prior", "gaussian-faces-64", "--steps", "5", "--quiet", "--faces"]
@@ -49,5 +49,7 @@ def test_photo_without_face_is_copied_through(tmp_path):
 def test_faces_and_mask_are_refused_together(tmp_path, capsys):
     flat = tmp_path / "wall.png"
     Image.fromarray(np.full((40, 40, 3), 90, dtype=np.uint8)).save(flat)
-    code = main(["run", "restore", str(flat), "-o", str(tmp_path / "o"), *FAST, "--mask", str(flat)])
+    code = main(
+        ["run", "restore", str(flat), "-o", str(tmp_path / "o"), *FAST, "--mask", str(flat)]
+    )
     assert code == 2 and "--faces" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import huggingface_hub.constants as hub_constants
 import pytest
 import torch
 from diffusers import DDIMPipeline, DDIMScheduler, DDPMScheduler, UNet2DModel
+
 from guidestack.engine.errors import PriorUnavailable, UsageError
 from guidestack.engine.prior import linear_alphas_cumprod
 from guidestack.plugins.priors import diffusers_prior

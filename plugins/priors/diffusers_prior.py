@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import torch
+
 from guidestack.engine.errors import PriorUnavailable, UsageError
 from guidestack.engine.prior import Prior, PriorOutput
 

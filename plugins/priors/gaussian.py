@@ -188,7 +188,10 @@ class GaussianPrior(Prior):
     def _batched_eps(self, x_t: torch.Tensor, coeffs: list[tuple[float, float]]) -> torch.Tensor:
         """The same formula as :meth:`forward` for the whole batch in two matmuls."""
         dtype = self.compute_dtype
-        a, b = (torch.tensor(v, dtype=torch.float64, device=x_t.device)[:, None] for v in zip(*coeffs, strict=True))
+        a, b = (
+            torch.tensor(v, dtype=torch.float64, device=x_t.device)[:, None]
+            for v in zip(*coeffs, strict=True)
+        )
         c = a * a * float(self.s2) + b * b
         g = a * a * self.lam.double()[None]
         shrink = (g / (g + c)).to(dtype)
