@@ -53,6 +53,7 @@ class Registry:
             "prior_backend": {},
             "restorer": {},
             "degradation": {},
+            "command": {},
         }
     )
     recipe_folders: list[tuple[str, Traversable | Path]] = field(default_factory=list)
@@ -115,6 +116,22 @@ class Registry:
         self._add(
             Entry("degradation", cls.name, cls, cls.Options, cls.description, self.current_plugin)
         )
+
+    def add_command(
+        self,
+        name: str,
+        description: str,
+        configure: Callable[[Any], None],
+        run: Callable[[Any, Registry], int],
+    ) -> None:
+        """Register a ``guidestack NAME`` command (llm's ``register_commands``, for argparse).
+
+        ``configure(parser)`` adds the command's arguments to its ``argparse`` sub-parser (it may
+        add sub-commands); ``run(args, registry)`` does the work and returns the exit code.  The
+        CLI calls ``configure`` only while building its parser and ``run`` only when the command
+        is used, so a command's heavy imports belong inside ``run``.
+        """
+        self._add(Entry("command", name, (configure, run), None, description, self.current_plugin))
 
     def add_recipes(self, folder: Traversable | Path) -> None:
         """Add a folder of ``*.toml`` recipes (e.g. ``importlib.resources.files(pkg)``)."""

@@ -30,6 +30,15 @@ FAMILIES = (
 )
 
 
+def _commands() -> tuple[tuple[str, object], ...]:
+    from .bench import command as bench
+    from .degradations import command as degrade
+    from .priors import command as prior
+    from .ui import command as ui
+
+    return (("degrade", degrade), ("bench", bench), ("prior", prior), ("ui", ui))
+
+
 def _load_shipped_gaussian(name: str):
     def factory(device="cpu", dtype="float32"):
         from .priors.gaussian import GaussianPrior, shipped_prior_path
@@ -100,4 +109,6 @@ def register(registry: Registry) -> None:
         registry.add_restorer(restorer)
     for module in FAMILIES:
         importlib.import_module(module).contribute(registry)
+    for name, module in _commands():
+        registry.add_command(name, module.DESCRIPTION, module.configure, module.run)
     registry.add_recipes(files("guidestack.recipes"))

@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
+from guidestack.cli.main import main
 from guidestack.engine import registry as registry_module
-from guidestack.engine.cli import main
 from guidestack.engine.hookspecs import hookimpl
 from guidestack.engine.registry import load_registry
 from guidestack.engine.stage import GuidanceOptions, Stage

@@ -11,8 +11,8 @@ import pytest
 from conftest import EXAMPLES, SHARED_DATA
 from PIL import Image
 
-from guidestack.engine.bench import mean_interval
-from guidestack.engine.cli import main
+from guidestack.cli.main import main
+from guidestack.plugins.bench.runner import mean_interval
 
 FACES = ["astronaut.png", "grace_hopper.png", "astronaut_old.png"]
 BACKBONE = SHARED_DATA / "weights" / "lpips_alexnet_backbone.pt"
@@ -95,7 +95,7 @@ def test_mean_interval_is_the_t_interval():
     mean, half = mean_interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and half == pytest.approx(4.302653 / 3**0.5, rel=1e-5)
     assert mean_interval([5.0]) == (5.0, None)
-    from guidestack.engine.bench import t975
+    from guidestack.plugins.bench.runner import t975
 
     assert t975(40) == pytest.approx(2.021075, abs=1e-6)  # scipy.stats.t.ppf(0.975, 40)
     assert t975(1000) == pytest.approx(1.962339, abs=1e-6)
@@ -110,7 +110,7 @@ def test_bench_refuses_bad_specs(tmp_path):
 
 
 def test_missing_metric_weights_are_reported_not_faked(tmp_path):
-    from guidestack.engine.bench import metric_suite
+    from guidestack.plugins.bench.runner import metric_suite
 
     available, unavailable = metric_suite(
         str(tmp_path / "no-backbone.pt"), str(tmp_path / "no-facenet.pt"), "cpu"

@@ -10,7 +10,7 @@ import numpy as np
 from conftest import EXAMPLES, shared
 from PIL import Image
 
-from guidestack.engine.cli import main
+from guidestack.cli.main import main
 
 PRIOR = ["--prior", "gaussian-faces-64"]
 

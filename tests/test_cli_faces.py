@@ -9,7 +9,7 @@ import numpy as np
 from conftest import shared
 from PIL import Image
 
-from guidestack.engine.cli import main
+from guidestack.cli.main import main
 
 FAST = ["--prior", "gaussian-faces-64", "--steps", "5", "--quiet", "--faces"]
 

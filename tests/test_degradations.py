@@ -10,9 +10,9 @@ from conftest import EXAMPLES
 
 from guidestack.engine.context import Observation
 from guidestack.engine.errors import InputError, RecipeError
-from guidestack.engine.imageio import read_image, to_square
 from guidestack.engine.recipe import validate
 from guidestack.engine.refs import DegradationRef
+from guidestack.io.images import read_image, to_square
 from guidestack.plugins.degradations.blur import blur, gaussian_kernel, kernel_width, motion_kernel
 from guidestack.plugins.degradations.linear import LUMA
 

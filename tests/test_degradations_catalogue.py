@@ -10,8 +10,8 @@ import pytest
 import torch
 from conftest import EXAMPLES
 
-from guidestack.engine.imageio import read_image, to_square
 from guidestack.engine.registry import load_registry
+from guidestack.io.images import read_image, to_square
 from guidestack.plugins.degradations.apply import build_spec, degrade_batch, parse_spec
 from guidestack.plugins.degradations.stochastic import Stochastic, generator_for
 

@@ -8,7 +8,7 @@ import numpy as np
 from conftest import EXAMPLES
 from PIL import Image
 
-from guidestack.engine.cli import main
+from guidestack.cli.main import main
 
 FACES = [EXAMPLES / "astronaut.png", EXAMPLES / "grace_hopper.png"]
 

@@ -114,7 +114,7 @@ def test_output_diversity_over_seeds_grows_with_eta(registry):
 def test_builtin_recipe_calls_the_model_once_per_visited_step(registry, faces, tmp_path):
     import json
 
-    from guidestack.engine.cli import main
+    from guidestack.cli.main import main
 
     code = main(
         [

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from conftest import shared
 from PIL import Image, ImageOps
 
-from guidestack.engine.cli import main
+from guidestack.cli.main import main
 from guidestack.plugins.faces.align import (
     FFHQ_TEMPLATE_512,
     align_face,

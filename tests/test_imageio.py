@@ -16,10 +16,10 @@ import torch
 from conftest import shared
 from PIL import Image, ImageFile, ImageOps
 
-from guidestack.engine import imageio
 from guidestack.engine.errors import InputError, NonFiniteError, OutputError
-from guidestack.engine.imageio import Placement, check_same_size, read_image, to_square
-from guidestack.engine.outputs import (
+from guidestack.io import images as imageio
+from guidestack.io.images import Placement, check_same_size, read_image, to_square
+from guidestack.io.outputs import (
     prepare_output_dir,
     save_image,
     save_mask,

@@ -9,12 +9,12 @@ import pytest
 import torch
 from conftest import EXAMPLES, REPO
 
-from guidestack.engine.cli import main
+from guidestack.cli.main import main
 from guidestack.engine.context import Observation
 from guidestack.engine.errors import RecipeError
-from guidestack.engine.imageio import read_image, to_square
 from guidestack.engine.recipe import load_recipe, validate
 from guidestack.engine.run import run_recipe
+from guidestack.io.images import read_image, to_square
 from guidestack.plugins.stages import difface, pgdiff
 
 MIXES = ("difface-colorize", "old-photo-difface", "restore-identity-perceptual")

@@ -11,9 +11,9 @@ import torch
 from conftest import EXAMPLES
 
 from guidestack.engine.context import Observation
-from guidestack.engine.imageio import read_image
 from guidestack.engine.recipe import load_recipe, validate
 from guidestack.engine.run import run_recipe
+from guidestack.io.images import read_image
 from guidestack.plugins.priors.gaussian import load_shipped_prior
 from guidestack.plugins.stages.odedit import Langevin, LangevinOptions, langevin_updates
 from guidestack.testing import run_trajectory

@@ -73,7 +73,7 @@ def test_wheel_contains_every_module_recipe_and_prior(wheel):
 def test_wheel_declares_console_script(wheel):
     (ep,) = [n for n in wheel.namelist() if n.endswith("entry_points.txt")]
     text = wheel.read(ep).decode()
-    assert "[console_scripts]" in text and "guidestack = guidestack.engine.cli:main" in text
+    assert "[console_scripts]" in text and "guidestack = guidestack.cli.main:main" in text
 
 
 def test_every_package_folder_is_listed():

@@ -14,12 +14,12 @@ from conftest import shared
 from guidestack.engine.context import Observation, RunContext
 from guidestack.engine.errors import InputError, RecipeError
 from guidestack.engine.hookspecs import hookimpl
-from guidestack.engine.imageio import read_image, to_square
 from guidestack.engine.prior import Prior, PriorOutput, linear_alphas_cumprod
 from guidestack.engine.recipe import load_recipe, validate
 from guidestack.engine.registry import load_registry
 from guidestack.engine.run import run_recipe
 from guidestack.engine.stage import Stage, StageOptions
+from guidestack.io.images import read_image, to_square
 from guidestack.plugins.priors.gaussian import load_shipped_prior
 from guidestack.plugins.stages.color_statistics import CELEBA_HQ_MEAN, channel_stats
 
@@ -174,7 +174,7 @@ def test_color_statistics_loss_target_and_gradient_options(reg, prior):
 
 
 def test_color_statistics_from_a_folder(reg, prior, tmp_path):
-    from guidestack.engine.outputs import save_image
+    from guidestack.io.outputs import save_image
     from guidestack.plugins.stages.color_statistics import folder_statistics
 
     a = torch.full((3, 8, 8), 0.2)

@@ -53,7 +53,7 @@ def offline_cache(tmp_path, monkeypatch):
 
 
 def faces(n: int) -> torch.Tensor:
-    from guidestack.engine.imageio import read_image, to_square
+    from guidestack.io.images import read_image, to_square
 
     files = sorted(shared("faces", "hq").glob("*.png"))[:n]
     return torch.stack([to_square(read_image(f).tensor, SIZE)[0] for f in files])

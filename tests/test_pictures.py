@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from guidestack.engine.outputs import save_pil
-from guidestack.engine.pictures import GAP, compare_grid, make_grid, trajectory_strip
+from guidestack.io.outputs import save_pil
+from guidestack.io.pictures import GAP, compare_grid, make_grid, trajectory_strip
 
 WHITE = (255, 255, 255)
 

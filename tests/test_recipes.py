@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from guidestack.engine.cli import main
+from guidestack.cli.main import main
 from guidestack.engine.errors import RecipeError
 from guidestack.engine.recipe import load_recipe, parse_value
 

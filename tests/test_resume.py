@@ -12,7 +12,7 @@ import time
 
 from conftest import EXAMPLES
 
-from guidestack.engine.cli import main
+from guidestack.cli.main import main
 
 ARGS = ["restore", "--prior", "gaussian-faces-64", "--steps", "60", "--seed", "7", "--quiet"]
 

@@ -13,12 +13,12 @@ from conftest import EXAMPLES, REPO
 from guidestack.engine.config import GuidanceConfig, SamplerConfig
 from guidestack.engine.context import Observation, RunContext
 from guidestack.engine.errors import RecipeError
-from guidestack.engine.imageio import read_image, to_square
 from guidestack.engine.recipe import load_recipe, validate
 from guidestack.engine.refs import DegradationRef
 from guidestack.engine.run import make_generators, run_recipe
 from guidestack.engine.sampler import Loop
 from guidestack.engine.stageset import StageSet
+from guidestack.io.images import read_image, to_square
 from guidestack.plugins.priors.diffusers_prior import DiffusersPrior
 from guidestack.plugins.priors.gaussian import load_shipped_prior
 from guidestack.plugins.priors.tiny import build_tiny_unet, tiny_scheduler

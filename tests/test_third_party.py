@@ -218,8 +218,8 @@ def test_blocked_plugin_is_gone(outcomes):
 
 def test_plugin_for_a_newer_hook_api_is_refused_clearly(tmp_path, monkeypatch, capsys):
     """Through the CLI (exit 2, one paragraph), and blocking it brings guidestack back."""
+    from guidestack.cli.main import main
     from guidestack.engine import registry as registry_module
-    from guidestack.engine.cli import main
 
     write_future_plugin(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -118,7 +118,7 @@ def test_ui_run_equals_cli_run(registry, tmp_path):
     )
     assert steps.count("step") == 6
     assert "--seed 5" in outcome.cli and FACE.name in outcome.cli
-    from guidestack.engine.cli import main
+    from guidestack.cli.main import main
 
     recipe = tmp_path / "ui" / "recipe.toml"
     load_recipe(str(recipe), registry)  # valid as saved
@@ -168,7 +168,7 @@ def test_cancel_and_refusals(registry, tmp_path, monkeypatch):
 def test_cli_says_when_the_extra_is_missing(tmp_path):
     code = (
         "import sys; sys.modules['gradio'] = None\n"
-        "from guidestack.engine.cli import main\n"
+        "from guidestack.cli.main import main\n"
         "raise SystemExit(main(['ui']))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -338,7 +338,7 @@ def test_faces_in_the_wild_is_the_clis_faces_path(registry, tmp_path):
     assert "--faces" in outcome.cli and len(outcome.faces) == 1
     boxed, plain = _pixels(outcome.detected), _pixels(photo)
     assert boxed.shape == plain.shape and (boxed != plain).any()  # the box is drawn
-    from guidestack.engine.cli import main
+    from guidestack.cli.main import main
 
     out = tmp_path / "cli"
     args = ["run", str(outcome.recipe_toml), str(photo), "--faces", "--seed", "1", "-o", str(out)]

@@ -25,7 +25,7 @@ from torch import nn
 
 from guidestack.engine.config import StrictModel
 from guidestack.engine.context import Observation
-from guidestack.engine.imageio import to_square
+from guidestack.io.images import to_square
 
 
 class DegradationOptions(StrictModel):

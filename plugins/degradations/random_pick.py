@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, Field
 
-from guidestack.engine.imageio import to_square
+from guidestack.io.images import to_square
 
 from .apply import build_spec, degrade_batch
 from .stochastic import Stochastic, StochasticOptions, child_seed, generator_for

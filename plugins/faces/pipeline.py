@@ -178,7 +178,7 @@ def restore_faces(
 
 def save_faces(result: FacesResult, folder: str | Path) -> list[Path]:
     """Write ``folder/face{i:02d}_aligned.png`` and ``face{i:02d}_restored.png`` per face."""
-    from guidestack.engine.outputs import save_image
+    from guidestack.io.outputs import save_image
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -53,7 +53,7 @@ def adain(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tenso
 
 def folder_statistics(path: str | Path) -> tuple[list[float], list[float]]:
     """Average per-image channel statistics of the images in a folder (or of one image)."""
-    from guidestack.engine.imageio import read_image
+    from guidestack.io.images import read_image
 
     p = Path(path).expanduser()
     if p.is_dir():

@@ -21,9 +21,9 @@ import numpy as np
 from PIL import Image
 
 from guidestack.engine.errors import GuidestackError
-from guidestack.engine.outputs import save_pil, tensor_to_pil, write_text
 from guidestack.engine.recipe import recipe_index
 from guidestack.engine.registry import Registry
+from guidestack.io.outputs import save_pil, tensor_to_pil, write_text
 
 from ..faces.detect import DEFAULT_MIN_FACE, DEFAULT_THRESHOLD
 from . import session as S

@@ -22,15 +22,15 @@ import torch
 from annotated_types import Ge, Gt, Le, Lt
 
 from guidestack import __version__
-from guidestack.engine.cli_run import Item, load_item, observation_for
+from guidestack.cli.run import Item, load_item, observation_for
 from guidestack.engine.errors import GuidestackError, RecipeError, UsageError
-from guidestack.engine.imageio import read_image
-from guidestack.engine.outputs import save_image, save_pil, write_json, write_text
-from guidestack.engine.pictures import compare_grid
 from guidestack.engine.prior_source import load_prior
 from guidestack.engine.recipe import apply_per_prior, load_raw, recipe_requirements, validate
 from guidestack.engine.registry import Registry
 from guidestack.engine.run import derive_seed, run_recipe
+from guidestack.io.images import read_image
+from guidestack.io.outputs import save_image, save_pil, write_json, write_text
+from guidestack.io.pictures import compare_grid
 
 #: largest upload the UI decodes (the engine's own limit is far higher; a shared server is not)
 MAX_UPLOAD_PIXELS = 4096 * 4096
@@ -456,8 +456,8 @@ def _execute_faces(
     """``guidestack run --faces``: the CLI's function itself, writing into ``folder``."""
     from PIL import ImageDraw
 
-    from guidestack.engine.cli_run import run_faces
-    from guidestack.engine.outputs import tensor_to_pil
+    from guidestack.cli.run import run_faces
+    from guidestack.io.outputs import tensor_to_pil
 
     folder.mkdir(parents=True, exist_ok=True)
     args = types.SimpleNamespace(

@@ -1,5 +1,5 @@
 """``python -m guidestack`` runs the CLI."""
 
-from guidestack.engine.cli import main
+from guidestack.cli.main import main
 
 raise SystemExit(main())

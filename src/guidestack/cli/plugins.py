@@ -23,9 +23,9 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
-from . import hookspecs
-from .errors import RecipeError, UsageError
-from .registry import Registry
+from guidestack.engine import hookspecs
+from guidestack.engine.errors import RecipeError, UsageError
+from guidestack.engine.registry import Registry
 
 KINDS = ("stage", "restorer", "degradation", "prior", "prior_backend")
 #: option fields every stage has that a recipe fills for it (never shown as options)
@@ -154,7 +154,7 @@ def recipes_using(registry: Registry, kind: str, name: str) -> list[dict[str, An
     included); priors in ``[prior] name``.  A recipe that cannot be read is skipped here
     (``guidestack validate`` reports it).
     """
-    from .recipe import load_raw, recipe_index
+    from guidestack.engine.recipe import load_raw, recipe_index
 
     out = []
     for recipe_name, (plugin, _) in sorted(recipe_index(registry).items()):
@@ -211,7 +211,7 @@ def explain_entry(registry: Registry, kind: str, name: str) -> dict[str, Any]:
 
 def explain_plugin(registry: Registry, plugin: str) -> dict[str, Any]:
     """What one installed plugin (package) contributes."""
-    from .recipe import recipe_index
+    from guidestack.engine.recipe import recipe_index
 
     contents = registry.plugins.get(plugin, {})
     provides = {

@@ -28,16 +28,23 @@ from typing import Any
 
 import torch
 
-from .cli_degrade import degrade_one, degrade_seed
-from .context import Observation
-from .errors import GuidestackError, InputError, UsageError
-from .imageio import read_image, to_square
-from .outputs import prepare_output_dir, save_image, save_mask, save_pil, write_json, write_text
-from .pictures import make_grid, panel_image
-from .prior_source import load_prior
-from .recipe import load_recipe, recipe_requirements
-from .registry import Registry
-from .run import derive_seed, run_recipe
+from guidestack.engine.context import Observation
+from guidestack.engine.errors import GuidestackError, InputError, UsageError
+from guidestack.engine.prior_source import load_prior
+from guidestack.engine.recipe import load_recipe, recipe_requirements
+from guidestack.engine.registry import Registry
+from guidestack.engine.run import derive_seed, run_recipe
+from guidestack.io.images import expand_inputs, read_image, to_square
+from guidestack.io.outputs import (
+    prepare_output_dir,
+    save_image,
+    save_mask,
+    save_pil,
+    write_json,
+    write_text,
+)
+from guidestack.io.pictures import make_grid, panel_image
+from guidestack.plugins.degradations.command import degrade_one, degrade_seed
 
 BASELINE = "degraded"
 METRICS = ("psnr", "ssim", "lpips", "identity")
@@ -168,7 +175,6 @@ def mean_interval(values: Sequence[float]) -> tuple[float, float | None]:
 
 
 def _faces(paths: Sequence[Path], limit: int | None) -> list[Path]:
-    from .cli_run import expand_inputs
 
     faces = expand_inputs([str(p) for p in paths])
     faces = faces[:limit] if limit else faces

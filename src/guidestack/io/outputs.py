@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import NonFiniteError, OutputError
+from guidestack.engine.errors import NonFiniteError, OutputError
 
 MAX_LISTED = 5
 

@@ -6,7 +6,7 @@ channel is a mask in [0, 1] shown as grayscale (white = missing), because inside
 images always have three channels and masks one.  Every panel is scaled to a common height
 (nearest-neighbour when enlarging, so small prior outputs show their real pixels instead of
 invented smoothness); the result is an RGB ``PIL.Image`` to write with
-:func:`guidestack.engine.outputs.save_pil`.
+:func:`guidestack.io.outputs.save_pil`.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-from .. import __version__
-from .errors import GuidestackError, UsageError
+from guidestack import __version__
+from guidestack.engine.errors import GuidestackError, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,7 +22,8 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(registry) -> argparse.ArgumentParser:
+    """The parser: the core commands, then every command a plugin registered."""
     parser = _Parser(
         prog="guidestack",
         description="Restore images with pretrained diffusion priors, composed from plugins.",
@@ -122,35 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("--prior", help="specialise per_prior tables for this prior name")
 
-    prior = sub.add_parser("prior", help="prior tools")
-    prior_sub = prior.add_subparsers(dest="prior_command", required=True, parser_class=_Parser)
-    fit = prior_sub.add_parser(
-        "fit", help="fit a Gaussian (probabilistic PCA) prior from a folder of aligned faces"
-    )
-    fit.add_argument("folder")
-    fit.add_argument("-o", "--output", required=True, help="output .pt file")
-    fit.add_argument("--size", type=int, default=64)
-    fit.add_argument("--components", type=int, default=32)
-    fit.add_argument(
-        "--no-flips", action="store_true", help="do not add horizontally flipped copies"
-    )
-    fit.add_argument("--overwrite", action="store_true")
-    fit.add_argument(
-        "--align",
-        action="store_true",
-        help="unaligned photos: detect faces (MTCNN, p >= 0.9), align each to the FFHQ template",
-    )
-    from .cli_plugins import add_plugin_commands
+    from .plugins import add_plugin_commands
 
     add_plugin_commands(sub)
-    from .cli_bench import add_bench_command
-    from .cli_degrade import add_degrade_command
-
-    add_degrade_command(sub)
-    add_bench_command(sub)
-    ui = sub.add_parser("ui", help="browser UI (needs the ui extra: pip install 'guidestack[ui]')")
-    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    ui.add_argument("--port", type=int, default=None, help="port (default: 7860 or the next free)")
+    for name in registry.names("command"):
+        entry = registry.get("command", name)
+        configure, _ = entry.obj
+        command = sub.add_parser(name, help=entry.description)
+        configure(command)
     return parser
 
 
@@ -158,8 +138,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        args = build_parser().parse_args(argv)
-        return _dispatch(args)
+        from guidestack.engine.registry import default_registry
+
+        registry = default_registry()
+        args = build_parser(registry).parse_args(argv)
+        return _dispatch(args, registry)
     except GuidestackError as exc:
         if debug:
             traceback.print_exc()
@@ -178,40 +161,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def _dispatch(args: argparse.Namespace) -> int:
-    from .registry import default_registry
-
+def _dispatch(args: argparse.Namespace, registry) -> int:
     if args.command == "run":
-        from .cli_run import run_command
+        from .run import run_command
 
-        return run_command(args, default_registry())
+        return run_command(args, registry)
     if args.command == "recipes":
-        return _recipes(args, default_registry())
+        return _recipes(args, registry)
     if args.command == "plugins":
-        return _plugins(args, default_registry())
+        return _plugins(args, registry)
     if args.command == "validate":
-        return _validate(args, default_registry())
-    if args.command == "prior" and args.prior_command == "fit":
-        return _prior_fit(args)
-    if args.command == "ui":
-        return _ui(args)
-    if args.command == "degrade":
-        from .cli_degrade import degrade_command
-
-        return degrade_command(args, default_registry())
-    if args.command == "bench":
-        from .cli_bench import bench_command
-
-        return bench_command(args, default_registry())
+        return _validate(args, registry)
     if args.command in ("explain", "new-plugin"):
-        from .cli_plugins import run_plugin_command
+        from .plugins import run_plugin_command
 
-        return run_plugin_command(args, default_registry)
-    raise UsageError(f"unknown command {args.command}")
+        return run_plugin_command(args, lambda: registry)
+    entry = registry.get("command", args.command)
+    if entry is None:  # pragma: no cover - argparse only accepts known commands
+        raise UsageError(f"unknown command {args.command}")
+    _, run = entry.obj
+    return run(args, registry)
 
 
 def _recipes(args: argparse.Namespace, registry) -> int:
-    from .recipe import load_raw, recipe_index
+    from guidestack.engine.recipe import load_raw, recipe_index
 
     rows = []
     for name, (plugin, _) in sorted(recipe_index(registry).items()):
@@ -234,7 +207,7 @@ def _recipes(args: argparse.Namespace, registry) -> int:
 
 
 def plugins_listing(registry) -> list[dict[str, Any]]:
-    from .cli_plugins import plugin_api_version
+    from .plugins import plugin_api_version
 
     out = []
     for plugin, info in sorted(registry.plugins.items()):
@@ -260,7 +233,7 @@ def plugins_listing(registry) -> list[dict[str, Any]]:
 
 
 def _options_schema(model) -> dict[str, Any]:
-    from .cli_plugins import options_schema
+    from .plugins import options_schema
 
     return options_schema(model)
 
@@ -281,11 +254,11 @@ def _plugins(args: argparse.Namespace, registry) -> int:
 
 
 def _validate(args: argparse.Namespace, registry) -> int:
-    from .recipe import load_recipe
+    from guidestack.engine.recipe import load_recipe
 
     prior_name = prior_kind = None
     if args.prior is not None:
-        from .prior_source import load_prior
+        from guidestack.engine.prior_source import load_prior
 
         prior = load_prior(args.prior, registry)
         prior_name, prior_kind = prior.name, prior.kind
@@ -294,37 +267,4 @@ def _validate(args: argparse.Namespace, registry) -> int:
     )
     print(f"{recipe.source}: valid")
     print(json.dumps(recipe.resolved(), indent=2, default=str))
-    return 0
-
-
-def _prior_fit(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from guidestack.plugins.priors.fit import fit_command
-
-    report = fit_command(
-        args.folder,
-        Path(args.output),
-        args.size,
-        args.components,
-        not args.no_flips,
-        overwrite=args.overwrite,
-        align=args.align,
-    )
-    print(json.dumps(report, indent=2, default=str))
-    return 0
-
-
-def _ui(args: argparse.Namespace) -> int:
-    from importlib.util import find_spec
-
-    missing = [m for m in ("gradio", "tomli_w") if find_spec(m) is None]
-    if missing:  # gradio is an optional extra; the engine never imports it
-        raise UsageError(
-            f"`guidestack ui` needs the optional UI dependencies ({', '.join(missing)} missing): "
-            "pip install 'guidestack[ui]'"
-        )
-    from guidestack.plugins.ui.server import serve
-
-    serve(args.host, args.port)
     return 0

@@ -14,11 +14,11 @@ from pathlib import Path
 from string import Template
 from typing import TYPE_CHECKING
 
-from .errors import OutputError, UsageError
-from .hookspecs import HOOK_API_VERSION
+from guidestack.engine.errors import OutputError, UsageError
+from guidestack.engine.hookspecs import HOOK_API_VERSION
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .registry import Registry
+    from guidestack.engine.registry import Registry
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 MAX_NAME = 32
@@ -283,7 +283,7 @@ def check_name(name: str, registry: Registry | None = None) -> None:
         )
     if registry is None:
         return
-    from .recipe import recipe_index
+    from guidestack.engine.recipe import recipe_index
 
     taken = []
     if name in registry.plugins:
@@ -299,7 +299,7 @@ def check_name(name: str, registry: Registry | None = None) -> None:
 
 def scaffold(name: str, output: Path, registry: Registry | None = None) -> tuple[Path, list[Path]]:
     """Write ``output/guidestack-NAME/``; returns the package folder and the files written."""
-    from .. import __version__
+    from guidestack import __version__
 
     check_name(name, registry)
     module = "guidestack_" + name.replace("-", "_")

@@ -1,19 +1,17 @@
-"""``guidestack bench`` arguments and entry (the work is in :mod:`.bench`)."""
+"""``guidestack bench`` arguments and entry (the work is in :mod:`.runner`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
-from .registry import Registry
+from guidestack.engine.registry import Registry
+
+DESCRIPTION = "degrade clean faces, restore them with recipes, write metrics and a report"
 
 
-def add_bench_command(sub: Any) -> None:
-    p = sub.add_parser(
-        "bench", help="degrade clean faces, restore them with recipes, write metrics and a report"
-    )
+def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipes", nargs="+", help="built-in recipe names or .toml files")
     p.add_argument("--clean", required=True, action="append", help="folder or files of clean faces")
     p.add_argument(
@@ -47,9 +45,11 @@ def add_bench_command(sub: Any) -> None:
     p.add_argument("--quiet", action="store_true", help="no per-run lines")
 
 
-def bench_command(args: argparse.Namespace, registry: Registry) -> int:
-    from .bench import BenchOptions, run_bench
-    from .cli_run import pick_device
+def run(args: argparse.Namespace, registry: Registry) -> int:
+    """``guidestack bench``: exit 1 when a run failed."""
+    from guidestack.engine.device import pick_device
+
+    from .runner import BenchOptions, run_bench
 
     opts = BenchOptions(
         recipes=list(args.recipes),

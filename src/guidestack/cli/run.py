@@ -18,20 +18,28 @@ from typing import Any
 
 import torch
 
-from .. import __version__
-from .context import Observation
-from .errors import GuidestackError, InputError, UsageError
-from .imageio import LoadedImage, check_same_size, read_image, to_square
-from .outputs import prepare_output_dir, save_image, save_pil, write_json
-from .pictures import compare_grid, trajectory_strip
-from .prior_source import load_prior
+from guidestack import __version__
+from guidestack.engine.context import Observation
+from guidestack.engine.device import pick_device
+from guidestack.engine.errors import GuidestackError, InputError, UsageError
+from guidestack.engine.prior_source import load_prior
+from guidestack.engine.recipe import load_recipe, recipe_requirements
+from guidestack.engine.registry import Registry
+from guidestack.engine.run import derive_seed, run_recipe
+from guidestack.io.images import (
+    IMAGE_SUFFIXES,
+    LoadedImage,
+    check_same_size,
+    expand_inputs,
+    read_image,
+    to_square,
+)
+from guidestack.io.outputs import prepare_output_dir, save_image, save_pil, write_json
+from guidestack.io.pictures import compare_grid, trajectory_strip
+
 from .progress import Progress
-from .recipe import load_recipe, recipe_requirements
-from .registry import Registry
-from .run import derive_seed, run_recipe
 
 MANIFEST = "run.json"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 
 
 @dataclass
@@ -48,44 +56,6 @@ class Item:
     mask: LoadedImage | None = None
     reference: LoadedImage | None = None
     info: dict[str, Any] = field(default_factory=dict)
-
-
-def pick_device(name: str | None) -> torch.device:
-    if name:
-        try:
-            device = torch.device(name)
-        except RuntimeError as exc:
-            raise UsageError(f"--device {name!r} is not a torch device ({exc})") from exc
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise UsageError(
-                f"--device {name}: CUDA is not available on this machine; use --device cpu"
-            )
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise UsageError(
-                f"--device {name}: MPS is not available on this machine; use --device cpu"
-            )
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files stay as given; folders expand to their images (sorted).  Missing paths and folders
-    without images are kept so they are reported as refused inputs, never silently dropped."""
-    paths: list[Path] = []
-    for text in inputs:
-        path = Path(text).expanduser()
-        found = (
-            sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-            if path.is_dir()
-            else []
-        )
-        # a folder without images stays an input, so it is refused by name like any bad file
-        paths.extend(found or [path])
-    return paths
 
 
 def companion(ref: str | None, item: Item, what: str) -> Path | None:

@@ -48,11 +48,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from .errors import InputError
+from guidestack.engine.errors import InputError
 
 MIN_SIDE = 8
 MAX_PIXELS = 50_000_000
 MAX_SIDE = 16384
+#: file name suffixes a folder of inputs is searched for
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 SUPPORTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "MPO": "JPEG", "WEBP": "WebP", "TIFF": "TIFF"}
 
 Kind = Literal["image", "mask"]
@@ -518,7 +520,24 @@ def _size_of(x: LoadedImage | torch.Tensor) -> tuple[int, int]:
     return int(x.shape[-1]), int(x.shape[-2])
 
 
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files stay as given; folders expand to their images (sorted).  Missing paths and folders
+    without images are kept so they are reported as refused inputs, never silently dropped."""
+    paths: list[Path] = []
+    for text in inputs:
+        path = Path(text).expanduser()
+        found = (
+            sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            if path.is_dir()
+            else []
+        )
+        # a folder without images stays an input, so it is refused by name like any bad file
+        paths.extend(found or [path])
+    return paths
+
+
 __all__ = [
+    "IMAGE_SUFFIXES",
     "MAX_PIXELS",
     "MAX_SIDE",
     "MIN_SIDE",
@@ -526,6 +545,7 @@ __all__ = [
     "LoadedImage",
     "Placement",
     "check_same_size",
+    "expand_inputs",
     "read_image",
     "to_square",
 ]

@@ -10,18 +10,22 @@ from typing import Any
 
 import torch
 
-from .errors import InputError, UsageError
-from .imageio import read_image, to_square
-from .outputs import prepare_output_dir, save_image, save_mask, write_json
-from .recipe import parse_value
-from .registry import Registry
-from .run import derive_seed, make_generators
+from guidestack.engine.errors import InputError, UsageError
+from guidestack.engine.recipe import parse_value
+from guidestack.engine.registry import Registry
+from guidestack.engine.run import derive_seed, make_generators
+from guidestack.io.images import expand_inputs, read_image, to_square
+from guidestack.io.outputs import prepare_output_dir, save_image, save_mask, write_json
+
+from .apply import build_spec, degrade_batch
 
 MANIFEST = "degrade.json"
 
 
-def add_degrade_command(sub: Any) -> None:
-    p = sub.add_parser("degrade", help="write degraded copies of images (benchmarks, tests)")
+DESCRIPTION = "write degraded copies of images (benchmarks, tests)"
+
+
+def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", help="image files or folders of images")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument(
@@ -65,8 +69,6 @@ def degrade_one(
     spec: str, x: torch.Tensor, seed: int, registry: Registry, options: dict[str, Any] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
     """Degrade ``x`` ``[1, C, H, W]`` with ``spec``; returns image, mask (or None) and facts."""
-    from guidestack.plugins.degradations.apply import build_spec, degrade_batch
-
     op = build_spec(spec, registry, **(options or {}))
     if op.needs_mask(op.options):
         raise UsageError(
@@ -80,12 +82,9 @@ def degrade_one(
     return y, mask, info
 
 
-def degrade_command(args: argparse.Namespace, registry: Registry) -> int:
-    from .cli_run import expand_inputs
-
+def run(args: argparse.Namespace, registry: Registry) -> int:
+    """``guidestack degrade``: the exit code is 2 when an input was refused."""
     options = degradation_options(args.options)
-    from guidestack.plugins.degradations.apply import build_spec
-
     build_spec(args.degradation, registry, **options)  # fail on a bad spec before any output
     paths = expand_inputs(args.inputs)
     names = [p.stem for p in paths]
