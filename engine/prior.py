@@ -7,7 +7,9 @@ Every backend (closed-form Gaussian, diffusers UNet, later ADM checkpoints) subc
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -57,6 +59,17 @@ class Prior(nn.Module):
     def num_train_timesteps(self) -> int:
         return int(self.alphas_cumprod.shape[0])
 
+    @property
+    def device(self) -> torch.device:
+        """Where the denoiser runs: its first parameter or buffer other than the schedule
+        (which stays on the CPU); the CPU for a prior that holds no tensor."""
+        for tensor in self.parameters():
+            return tensor.device
+        for name, tensor in self.named_buffers():
+            if not name.endswith("alphas_cumprod"):
+                return tensor.device
+        return torch.device("cpu")
+
     def forward(
         self, x_t: torch.Tensor, t: torch.Tensor
     ) -> PriorOutput:  # pragma: no cover - abstract
@@ -81,3 +94,50 @@ def linear_alphas_cumprod(
     """The DDPM linear-beta schedule used by every public face model (float64)."""
     betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)
     return torch.cumprod(1.0 - betas, dim=0)
+
+
+class EpsFunctionPrior(Prior):
+    """Any noise predictor as a prior: ``eps(x_t, t)`` plus its ``alphas_cumprod``.
+
+    ``eps`` may be a plain function or an ``nn.Module`` (then ``.to()`` moves it with the prior
+    and :attr:`Prior.device` follows it).  It receives ``x_t`` ``[N, C, H, W]`` and ORIGINAL
+    timesteps ``t`` (a long tensor ``[N]``) and returns the noise prediction, a tuple ``(eps,
+    variance_values)`` for a learned-range variance (``learned_variance=True``), or anything with
+    a ``.sample`` attribute (a diffusers model output).
+    """
+
+    kind = "function"
+
+    def __init__(
+        self,
+        eps: Callable[[torch.Tensor, torch.Tensor], Any],
+        alphas_cumprod: torch.Tensor | Sequence[float],
+        image_size: int,
+        channels: int = 3,
+        *,
+        name: str | None = None,
+        learned_variance: bool = False,
+    ):
+        super().__init__()
+        abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64).detach().cpu().reshape(-1)
+        if abar.numel() < 1 or not bool(((abar > 0) & (abar <= 1)).all()):
+            raise ValueError("alphas_cumprod must be a non-empty sequence of values in (0, 1]")
+        if bool((abar[1:] > abar[:-1]).any()):
+            raise ValueError("alphas_cumprod must not increase with t (noisier at larger t)")
+        self.eps_fn = eps
+        self.image_size = int(image_size)
+        self.channels = int(channels)
+        self.learned_variance = bool(learned_variance)
+        self.name = name or getattr(eps, "__name__", type(eps).__name__)
+        self.register_buffer("alphas_cumprod", abar)
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor) -> PriorOutput:
+        out = self.eps_fn(x_t, t)
+        if hasattr(out, "sample"):
+            out = out.sample
+        if isinstance(out, tuple):
+            eps, values = out
+            return PriorOutput(eps=eps, variance_values=values)
+        if self.learned_variance and out.shape[1] == 2 * self.channels:
+            return PriorOutput(eps=out[:, : self.channels], variance_values=out[:, self.channels :])
+        return PriorOutput(eps=out)

@@ -17,6 +17,7 @@ import copy
 import difflib
 import re
 import tomllib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -59,6 +60,22 @@ class Recipe:
     raw: dict[str, Any]
     example: dict[str, str] = field(default_factory=dict)
     base_dir: Path | None = None
+    #: the merged recipe before ``per_prior`` and overrides, and the overrides, so the recipe can
+    #: be specialised again for another prior (:meth:`for_prior`)
+    template: dict[str, Any] | None = None
+    overrides: list[tuple[str, Any]] = field(default_factory=list)
+    #: ``(name, kind)`` of the prior whose ``per_prior`` tables were applied, if any
+    prior_key: tuple[str, str] | None = None
+
+    def for_prior(self, prior: Any, registry: Registry) -> Recipe:
+        """This recipe as it runs on ``prior``: its ``per_prior`` tables for the prior's kind and
+        name applied before the overrides.  Returns ``self`` when nothing changes."""
+        key = (str(getattr(prior, "name", "")), str(getattr(prior, "kind", "")))
+        if self.template is None or key == self.prior_key:
+            return self
+        if not self.template.get("per_prior") and self.prior_key is None:
+            return self
+        return specialise(self.template, self.overrides, registry, self.source, self.base_dir, key)
 
     def resolved(self) -> dict[str, Any]:
         """The recipe as it will run (for run.json), in TOML-able form."""
@@ -95,6 +112,18 @@ def _looks_like_path(ref: str) -> bool:
     return ref.endswith(".toml") or "/" in ref or "\\" in ref
 
 
+def looks_like_toml_text(ref: str) -> bool:
+    """A recipe given as TOML text rather than a name or a path (it has a line break or ``=``)."""
+    return "\n" in ref or "=" in ref
+
+
+def parse_toml_text(text: str, label: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(label, [("", f"not valid TOML: {exc}")]) from exc
+
+
 def read_recipe_file(
     ref: str, registry: Registry, relative_to: Path | None = None
 ) -> tuple[str, dict[str, Any], Path | None]:
@@ -123,11 +152,7 @@ def read_recipe_file(
         plugin, item = index[ref]
         origin = "built-in" if plugin == "builtin" else f"plugin {plugin}"
         label, text, base = f"{ref} ({origin})", item.read_text(encoding="utf-8"), None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise RecipeError(label, [("", f"not valid TOML: {exc}")]) from exc
-    return label, raw, base
+    return label, parse_toml_text(text, label), base
 
 
 def _read_text(path: Path, label: str) -> str:
@@ -149,10 +174,20 @@ def deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_raw(
-    ref: str, registry: Registry, relative_to: Path | None = None, _chain: tuple[str, ...] = ()
+    ref: str | Mapping[str, Any],
+    registry: Registry,
+    relative_to: Path | None = None,
+    _chain: tuple[str, ...] = (),
 ) -> tuple[str, dict[str, Any], Path | None]:
-    """Read ``ref`` and merge its ``extends`` chain."""
-    label, raw, base_dir = read_recipe_file(ref, registry, relative_to)
+    """Read ``ref`` (a recipe name, a ``.toml`` path, TOML text or an already parsed dict) and
+    merge its ``extends`` chain.  Relative ``extends`` paths of text and dicts start at the
+    current folder."""
+    if isinstance(ref, Mapping):
+        label, raw, base_dir = "<dict>", copy.deepcopy(dict(ref)), relative_to
+    elif looks_like_toml_text(ref):
+        label, raw, base_dir = "<text>", parse_toml_text(ref, "<text>"), relative_to
+    else:
+        label, raw, base_dir = read_recipe_file(ref, registry, relative_to)
     if label in _chain:
         raise RecipeError(
             label,
@@ -431,41 +466,93 @@ def _cross_checks(
     hooks = [registry.get("stage", s.use).hooks for s in stages]
     # an optimise stage (SHRED) uses the losses itself, not the loop's update rule
     guides = any("guidance_loss" in h for h in hooks) and not any("optimise" in h for h in hooks)
+    problem = guidance_rule_problem(sampler, guidance) if guides else None
+    if problem is not None:
+        problems.append(problem)
+    return problems
+
+
+Overrides = Iterable[str] | Iterable[tuple[str, Any]] | Mapping[str, Any]
+
+
+def normalise_overrides(overrides: Overrides | None, label: str) -> list[tuple[str, Any]]:
+    """``["a.b=1"]``, ``[("a.b", 1)]`` or ``{"a.b": 1}`` as ``[("a.b", 1)]`` (strings parsed as
+    TOML values, as ``--set`` does)."""
+    if overrides is None:
+        return []
+    items = overrides.items() if isinstance(overrides, Mapping) else overrides
+    out: list[tuple[str, Any]] = []
+    for item in items:
+        if isinstance(item, str):
+            if "=" not in item:
+                raise RecipeError(label, [("--set", f"'{item}' is not of the form path=value")])
+            path, _, text = item.partition("=")
+            out.append((path.strip(), parse_value(text.strip())))
+        else:
+            path, value = item
+            out.append((str(path), value))
+    return out
+
+
+def specialise(
+    template: dict[str, Any],
+    overrides: list[tuple[str, Any]],
+    registry: Registry,
+    label: str,
+    base_dir: Path | None,
+    prior_key: tuple[str, str] | None,
+) -> Recipe:
+    """Apply ``per_prior`` for ``prior_key`` (or drop the tables), then the overrides, validate."""
+    if prior_key is not None:
+        raw = apply_per_prior(template, prior_key[0], prior_key[1], label)
+    else:
+        raw = copy.deepcopy(template)
+        per_prior = raw.pop("per_prior", None)
+        if per_prior is not None and not isinstance(per_prior, dict):
+            raw["per_prior"] = per_prior  # let validate report it
+    for path, value in overrides:
+        set_path(raw, path, copy.deepcopy(value), label)
+    recipe = validate(raw, registry, label, base_dir)
+    recipe.template, recipe.overrides, recipe.prior_key = template, list(overrides), prior_key
+    return recipe
+
+
+def guidance_rule_problem(
+    sampler: SamplerConfig, guidance: GuidanceConfig
+) -> tuple[str, str] | None:
+    """The problem of guiding with this rule on this sampler, if any (for recipes whose stages
+    guide, and for losses added to a run from Python)."""
     if (
-        guides
-        and guidance.rule == "mean_shift"
+        guidance.rule == "mean_shift"
         and sampler.kind == "ddim"
         and sampler.eta == 0
         and guidance.scale > 0
     ):
-        problems.append(
-            (
-                "guidance.rule",
-                'mean_shift scales the step\'s variance, which is zero for DDIM with eta = 0; use sampler.kind = "ddpm", eta > 0, or rule "dynamic"/"x0"',
-            )
+        return (
+            "guidance.rule",
+            'mean_shift scales the step\'s variance, which is zero for DDIM with eta = 0; use sampler.kind = "ddpm", eta > 0, or rule "dynamic"/"x0"',
         )
-    return problems
+    return None
 
 
 def load_recipe(
-    ref: str,
+    ref: str | Mapping[str, Any],
     registry: Registry,
-    overrides: list[str] = (),
+    overrides: Overrides | None = (),
     prior_name: str | None = None,
     prior_kind: str | None = None,
 ) -> Recipe:
-    """Read, merge, specialise for the prior, override and validate a recipe."""
+    """Read, merge, specialise for the prior, override and validate a recipe.
+
+    ``ref`` is a recipe name, a ``.toml`` path, TOML text or a dict; ``overrides`` are ``--set``
+    assignments (see :func:`normalise_overrides`).  Without a prior the ``per_prior`` tables are
+    kept aside, and :meth:`Recipe.for_prior` applies them once the prior is known.
+    """
     label, raw, base_dir = load_raw(ref, registry)
+    key = None
     if prior_name is not None or prior_kind is not None:
-        raw = apply_per_prior(raw, prior_name or "", prior_kind or "", label)
-    else:
-        raw = dict(raw)
-        per_prior = raw.pop("per_prior", None)
-        if per_prior is not None and not isinstance(per_prior, dict):
-            raw["per_prior"] = per_prior  # let validate report it
-    for assignment in overrides:
-        apply_override(raw, assignment, label)
-    return validate(raw, registry, label, base_dir)
+        key = (prior_name or "", prior_kind or "")
+    return specialise(raw, normalise_overrides(overrides, label), registry, label, base_dir, key)
 
 
 def recipe_requirements(recipe: Recipe, registry: Registry) -> set[str]:

@@ -53,6 +53,7 @@ class Registry:
             "prior_backend": {},
             "restorer": {},
             "degradation": {},
+            "pipeline": {},
             "command": {},
         }
     )
@@ -100,7 +101,10 @@ class Registry:
         description: str,
     ) -> None:
         """Register a prior backend: ``claims(ref)`` says whether ``load(ref, device=, dtype=)``
-        understands a ``--prior`` reference that is not a registered name (a path, a hub id)."""
+        understands a prior reference that is not a registered name: a path or hub id given as
+        a string, or an object (e.g. a diffusers ``UNet2DModel``) from the Python API, in which
+        case ``load`` also receives the API's keyword arguments (``scheduler``,
+        ``alphas_cumprod``...)."""
         self._add(
             Entry("prior_backend", name, (claims, load), None, description, self.current_plugin)
         )
@@ -115,6 +119,13 @@ class Registry:
         """Register a degradation operator class (``name``, ``description``, ``Options``)."""
         self._add(
             Entry("degradation", cls.name, cls, cls.Options, cls.description, self.current_plugin)
+        )
+
+    def add_pipeline(self, cls: type) -> None:
+        """Register a photo pipeline class (``name``, ``description``, ``Options``; see
+        :mod:`.pipeline`), e.g. ``faces``."""
+        self._add(
+            Entry("pipeline", cls.name, cls, cls.Options, cls.description, self.current_plugin)
         )
 
     def add_command(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -39,13 +39,14 @@ def make_generators(seeds: list[int], device: torch.device | str) -> list[torch.
     return gens
 
 
-def build_stages(recipe: Recipe, registry: Registry) -> StageSet:
+def build_stages(recipe: Recipe, registry: Registry, extra: Sequence[Stage] = ()) -> StageSet:
+    """One instance per ``[[stage]]`` of the recipe, then ``extra`` stages, in that order."""
     stages: list[Stage] = []
     for options in recipe.stages:
         cls = registry.stage(options.use)
         assert cls is not None, options.use  # validated by the recipe loader
         stages.append(cls(options))
-    return StageSet(stages, recipe.source)
+    return StageSet([*stages, *extra], recipe.source)
 
 
 def run_recipe(
@@ -57,17 +58,18 @@ def run_recipe(
     *,
     device: torch.device | str | None = None,
     callback: Callable[..., None] | None = None,
+    extra_stages: Sequence[Stage] = (),
 ) -> tuple[RunResult, RunContext]:
-    """Restore ``observation`` (a batch) with ``recipe``; one seed per sample."""
+    """Restore ``observation`` (a batch) with ``recipe``; one seed per sample.
+
+    The run goes on ``device``, by default the prior's (:attr:`Prior.device`).  ``extra_stages``
+    (instances, e.g. a loss given from Python) run after the recipe's stages.
+    """
     if len(seeds) != observation.batch_size:
         raise ValueError(
             f"need one seed per sample: {len(seeds)} seeds for {observation.batch_size} images"
         )
-    device = (
-        torch.device(device)
-        if device is not None
-        else next(iter(prior.buffers()), torch.empty(0)).device
-    )
+    device = torch.device(device) if device is not None else prior.device
     ctx = RunContext(
         prior=prior,
         observation=observation.to(device),
@@ -79,7 +81,7 @@ def run_recipe(
         callback=callback,
         registry=registry,
     )
-    stages = build_stages(recipe, registry)
+    stages = build_stages(recipe, registry, extra_stages)
     started = time.perf_counter()
     result = run_stages(ctx, stages)
     ctx.report["seconds"] = time.perf_counter() - started

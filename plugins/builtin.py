@@ -69,7 +69,9 @@ def _load_gaussian_file(ref: str, device="cpu", dtype="float32"):
     return GaussianPrior.load(path, device=device)
 
 
-def _claims_diffusers(ref: str) -> bool:
+def _claims_diffusers(ref: object) -> bool:
+    if not isinstance(ref, str):  # a UNet2DModel instance from the Python API
+        return type(ref).__name__ == "UNet2DModel" and type(ref).__module__.startswith("diffusers")
     path = Path(ref).expanduser()
     if path.is_dir():
         return True
@@ -80,9 +82,11 @@ def _claims_diffusers(ref: str) -> bool:
     return looks_like_hub_id or ref.startswith((".", "~", os.sep))
 
 
-def _load_diffusers(ref: str, device="cpu", dtype="float32"):
-    from .priors.diffusers_prior import load_diffusers_prior
+def _load_diffusers(ref, device="cpu", dtype="float32", **extra):
+    from .priors.diffusers_prior import load_diffusers_prior, prior_from_unet
 
+    if not isinstance(ref, str):
+        return prior_from_unet(ref, device=device, dtype=dtype, **extra)
     return load_diffusers_prior(ref, device=device, dtype=dtype)
 
 
@@ -109,6 +113,9 @@ def register(registry: Registry) -> None:
         registry.add_restorer(restorer)
     for module in FAMILIES:
         importlib.import_module(module).contribute(registry)
+    from .faces.pipeline import FacesPipeline
+
+    registry.add_pipeline(FacesPipeline)
     for name, module in _commands():
         registry.add_command(name, module.DESCRIPTION, module.configure, module.run)
     registry.add_recipes(files("guidestack.recipes"))

@@ -28,12 +28,9 @@ from typing import Any
 
 import torch
 
-from guidestack.engine.context import Observation
+from guidestack import api
 from guidestack.engine.errors import GuidestackError, InputError, UsageError
-from guidestack.engine.prior_source import load_prior
-from guidestack.engine.recipe import load_recipe, recipe_requirements
 from guidestack.engine.registry import Registry
-from guidestack.engine.run import derive_seed, run_recipe
 from guidestack.io.images import expand_inputs, read_image, to_square
 from guidestack.io.outputs import (
     prepare_output_dir,
@@ -192,15 +189,14 @@ def run_bench(opts: BenchOptions, registry: Registry) -> BenchResult:
     overrides = list(opts.overrides) + (
         [f"sampler.steps={opts.steps}"] if opts.steps is not None else []
     )
-    drafts = [load_recipe(r, registry, overrides) for r in opts.recipes]  # fail early
+    drafts = [api.load_recipe(r, set=overrides, registry=registry) for r in opts.recipes]
     from guidestack.plugins.degradations.apply import build_spec
 
-    build_spec(opts.degradation, registry)
-    prior = load_prior(opts.prior or drafts[0].prior.name, registry, device=opts.device)
-    recipes = [
-        load_recipe(r, registry, overrides, prior_name=prior.name, prior_kind=prior.kind)
-        for r in opts.recipes
-    ]
+    build_spec(opts.degradation, registry)  # fail on a bad spec before anything runs
+    prior = api.load_prior(
+        opts.prior or drafts[0].prior.name, device=opts.device, registry=registry
+    )
+    recipes = [draft.for_prior(prior, registry) for draft in drafts]
     labels = [Path(r).stem if r.endswith(".toml") else r for r in opts.recipes]
     if len(set(labels)) != len(labels) or BASELINE in labels:
         raise UsageError(f"recipe names must be distinct and not '{BASELINE}': {labels}")
@@ -234,7 +230,7 @@ def run_bench(opts: BenchOptions, registry: Registry) -> BenchResult:
 
     skipped: dict[str, str] = {}
     for label, recipe in zip(labels, recipes, strict=True):
-        needs = recipe_requirements(recipe, registry)
+        needs = api.requirements(recipe, registry=registry)
         reason = _cannot_give(needs, masks, opts.degradation)
         if reason:
             skipped[label] = reason
@@ -242,26 +238,28 @@ def run_bench(opts: BenchOptions, registry: Registry) -> BenchResult:
             _say(opts, f"{label}: skipped ({reason})")
             continue
         for name in names:
-            obs = Observation(
-                image=degraded[name],
-                mask=masks[name] if "mask" in needs else None,
-                meta=[{"name": name}],
-            )
+            mask = masks[name][0] if "mask" in needs else None
             started = time.perf_counter()
             try:
-                result, ctx = run_recipe(
-                    recipe, prior, obs, [derive_seed(opts.seed, name)], registry, device=opts.device
+                result = api.run(
+                    recipe,
+                    prior,
+                    degraded[name][0],
+                    mask=mask,
+                    seed=opts.seed,
+                    names=[name],
+                    device=opts.device,
+                    registry=registry,
                 )
             except (GuidestackError, RuntimeError, ValueError) as exc:
                 rows.append(Row(label, name, status="failed", note=f"{type(exc).__name__}: {exc}"))
                 _say(opts, f"{label} on {name}: failed ({exc})")
                 continue
             seconds = time.perf_counter() - started
-            image = result.image.detach().clamp(-1, 1)
-            rows.append(
-                Row(label, name, output=image, model_calls=ctx.model_calls, seconds=seconds)
-            )
-            _say(opts, f"{label} on {name}: {seconds:.2f} s, {ctx.model_calls} model calls")
+            image = result.image[None].to(opts.device)
+            calls = result.entry["model_calls"]
+            rows.append(Row(label, name, output=image, model_calls=calls, seconds=seconds))
+            _say(opts, f"{label} on {name}: {seconds:.2f} s, {calls} model calls")
 
     for row in rows:
         if row.output is None:

@@ -16,6 +16,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
+
+from guidestack.engine.pipeline import Crop, Pipeline, PipelineOptions, PipelineResult, RestoreCrops
 
 from .align import (
     align_face,
@@ -37,6 +40,8 @@ from .detect import (
 #: an upsampler takes ``[N, 3, H, W]`` in [-1, 1] and an integer factor, returns ``[N, 3, fH, fW]``
 Upsampler = Callable[[torch.Tensor, int], torch.Tensor]
 RestoreFn = Callable[[torch.Tensor], torch.Tensor]
+#: the largest face side accepted as --min-face (the longest side an input may have)
+MAX_SIDE = 16384
 
 
 def _interpolating(mode: str) -> Upsampler:
@@ -187,3 +192,48 @@ def save_faces(result: FacesResult, folder: str | Path) -> list[Path]:
         written.append(save_image(face.aligned, folder / f"face{i:02d}_aligned.png"))
         written.append(save_image(face.restored, folder / f"face{i:02d}_restored.png"))
     return written
+
+
+class FacesOptions(PipelineOptions):
+    min_face: float = Field(
+        DEFAULT_MIN_FACE, gt=0, le=MAX_SIDE, description="smallest face side in pixels to restore"
+    )
+    threshold: float = Field(
+        DEFAULT_THRESHOLD, ge=0.0, le=1.0, description="MTCNN probability a face needs"
+    )
+    upscale: int = Field(
+        1, ge=1, le=8, description="output size factor (the background is upsampled)"
+    )
+    upsampler: str = Field(
+        "bicubic", description="background upsampler: bicubic, bilinear, nearest"
+    )
+
+    @field_validator("upsampler")
+    @classmethod
+    def _known_upsampler(cls, value: str) -> str:
+        if value not in UPSAMPLERS:
+            raise ValueError(f"unknown upsampler '{value}'; known: {', '.join(sorted(UPSAMPLERS))}")
+        return value
+
+
+class FacesPipeline(Pipeline):
+    """Every face of an unaligned photo: MTCNN detection, alignment to the prior's template,
+    one batched run over all faces, warp back with a feathered seam."""
+
+    name = "faces"
+    description = "restore every face of a photo: detect (MTCNN), align, restore, paste back"
+    Options = FacesOptions
+
+    def run(self, photo: torch.Tensor, restore: RestoreCrops, size: int) -> PipelineResult:
+        o = self.options
+        found = restore_faces(
+            photo,
+            restore,
+            size,
+            min_face=o.min_face,
+            threshold=o.threshold,
+            upsampler=o.upsampler,
+            upscale=o.upscale,
+        )
+        crops = [Crop(face.aligned, face.restored, face.to_dict()) for face in found.faces]
+        return PipelineResult(found.image, crops, list(found.warnings), found.report())

@@ -389,3 +389,43 @@ def _load_from_hub(
         raise PriorUnavailable(
             f"cannot load the diffusers model '{repo_id}' from the hub: {err}".replace("\n", " ")
         ) from err
+
+
+def prior_from_unet(
+    unet: torch.nn.Module,
+    *,
+    scheduler: Any = None,
+    alphas_cumprod: torch.Tensor | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype = "float32",
+    name: str | None = None,
+) -> DiffusersPrior:
+    """A :class:`DiffusersPrior` around a ``UNet2DModel`` instance and its scheduler.
+
+    ``scheduler`` is a diffusers scheduler (its ``config`` gives the schedule, prediction type
+    and variance type); ``alphas_cumprod`` alone means an epsilon-predicting, fixed-variance
+    model with that schedule.  The UNet stays on its device unless ``device`` is given (the
+    prior and therefore the run follow it); it is cast to ``dtype`` in place.
+    """
+    if scheduler is not None:
+        config = dict(getattr(scheduler, "config", {}) or {})
+        config.setdefault("_class_name", type(scheduler).__name__)
+        abar = None
+    elif alphas_cumprod is not None:
+        config, abar = {"_class_name": "DDPMScheduler"}, alphas_cumprod
+    else:
+        raise PriorUnavailable(
+            "a UNet2DModel needs its noise schedule: pass scheduler= (e.g. "
+            "DDPMScheduler.from_pretrained(...)) or alphas_cumprod="
+        )
+    if device is None:
+        device = next(unet.parameters()).device
+    label = name or str(getattr(unet.config, "_name_or_path", "") or "unet")
+    prior = DiffusersPrior(unet, config, name=label, dtype=dtype, device=device, source=label)
+    if abar is not None:
+        abar = torch.as_tensor(abar, dtype=torch.float64).detach().cpu().reshape(-1)
+        if abar.shape != prior.alphas_cumprod.shape:
+            prior.alphas_cumprod = abar
+        else:
+            prior.alphas_cumprod.copy_(abar)
+    return prior

@@ -25,7 +25,6 @@ from guidestack.engine.recipe import recipe_index
 from guidestack.engine.registry import Registry
 from guidestack.io.outputs import save_pil, tensor_to_pil, write_text
 
-from ..faces.detect import DEFAULT_MIN_FACE, DEFAULT_THRESHOLD
 from . import session as S
 
 MAX_FILE_SIZE = "20mb"
@@ -154,6 +153,7 @@ def options_panel(app: App, raw: dict, raw_state: gr.State, problems: gr.Markdow
 
 
 def build(app: App) -> gr.Blocks:
+    face_defaults = S.faces_defaults(app.registry)
     with gr.Blocks(title="guidestack", analytics_enabled=False) as demo:
         raw_state = gr.State({})
         version = gr.Number(0, visible=False)
@@ -216,9 +216,11 @@ def build(app: App) -> gr.Blocks:
                     label="Detect, align and restore every face of the photo",
                     elem_id="faces",
                 )
-                min_face = gr.Number(DEFAULT_MIN_FACE, label="Smallest face side (px)", minimum=1)
+                min_face = gr.Number(
+                    face_defaults["min_face"], label="Smallest face side (px)", minimum=1
+                )
                 threshold = gr.Number(
-                    DEFAULT_THRESHOLD, label="Detector probability", minimum=0, maximum=1
+                    face_defaults["threshold"], label="Detector probability", minimum=0, maximum=1
                 )
                 upscale = gr.Number(1, precision=0, label="Upscale", minimum=1, maximum=8)
             with gr.Accordion("Options (generated from each stage's options model)", open=False):

@@ -2,7 +2,9 @@
 save TOML, and run a recipe on uploaded files exactly as ``guidestack run`` would.
 
 Kept free of Gradio so it is testable on its own and so the UI cannot grow logic the CLI lacks:
-the run reuses the CLI's input loading, observation building and seed derivation.
+the run goes through the same public API as the CLI (:func:`guidestack.api.run`, seeds from the
+file name, :meth:`guidestack.result.Result.save`), so a recipe saved here re-runs with the CLI
+to the same image.
 """
 
 from __future__ import annotations
@@ -18,19 +20,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-import torch
 from annotated_types import Ge, Gt, Le, Lt
 
-from guidestack import __version__
-from guidestack.cli.run import Item, load_item, observation_for
+from guidestack import __version__, api
 from guidestack.engine.errors import GuidestackError, RecipeError, UsageError
-from guidestack.engine.prior_source import load_prior
-from guidestack.engine.recipe import apply_per_prior, load_raw, recipe_requirements, validate
 from guidestack.engine.registry import Registry
-from guidestack.engine.run import derive_seed, run_recipe
 from guidestack.io.images import read_image
-from guidestack.io.outputs import save_image, save_pil, write_json, write_text
-from guidestack.io.pictures import compare_grid
+from guidestack.io.outputs import save_pil, tensor_to_pil, write_json, write_text
 
 #: largest upload the UI decodes (the engine's own limit is far higher; a shared server is not)
 MAX_UPLOAD_PIXELS = 4096 * 4096
@@ -50,8 +46,8 @@ def recipe_for_prior(name: str, registry: Registry, prior_name: str, prior_kind:
 
     Saved as TOML, this dict runs the same with ``guidestack run`` for that prior (no per-prior
     table is left to apply a second time)."""
-    label, raw, _ = load_raw(name, registry)
-    out = apply_per_prior(raw, prior_name, prior_kind, label)
+    prior = types.SimpleNamespace(name=prior_name, kind=prior_kind)  # what per_prior keys on
+    out = copy.deepcopy(api.load_recipe(name, prior=prior, registry=registry).raw)
     out.pop("example", None)
     out.setdefault("prior", {})["name"] = prior_name
     return out
@@ -60,7 +56,7 @@ def recipe_for_prior(name: str, registry: Registry, prior_name: str, prior_kind:
 def problems_of(raw: dict, registry: Registry) -> list[tuple[str, str]]:
     """Every validation problem of ``raw`` with its path (empty when it is valid)."""
     try:
-        validate(copy.deepcopy(raw), registry, "ui")
+        api.load_recipe(copy.deepcopy(raw), registry=registry)
     except RecipeError as exc:
         return list(exc.problems)
     return []
@@ -225,17 +221,29 @@ class FacesOptions:
     threshold: float | None = None
     upscale: int = 1
 
-    def cli(self) -> list[str]:
-        from guidestack.plugins.faces.detect import DEFAULT_MIN_FACE, DEFAULT_THRESHOLD
+    def options(self) -> dict[str, Any]:
+        """The ``faces`` pipeline's options (unset ones keep the pipeline's defaults)."""
+        given = {"min_face": self.min_face, "threshold": self.threshold, "upscale": self.upscale}
+        return {k: v for k, v in given.items() if v is not None}
 
+    def cli(self) -> list[str]:
+        defaults = faces_defaults()
         out = ["--faces"]
-        if self.min_face is not None and self.min_face != DEFAULT_MIN_FACE:
+        if self.min_face is not None and self.min_face != defaults["min_face"]:
             out.append(f"--min-face {self.min_face:g}")
-        if self.threshold is not None and self.threshold != DEFAULT_THRESHOLD:
+        if self.threshold is not None and self.threshold != defaults["threshold"]:
             out.append(f"--face-threshold {self.threshold:g}")
         if self.upscale != 1:
             out.append(f"--upscale {self.upscale}")
         return out
+
+
+def faces_defaults(registry: Registry | None = None) -> dict[str, Any]:
+    """The ``faces`` pipeline's option defaults, read from its options model."""
+    entry = (registry or api.registry()).get("pipeline", "faces")
+    if entry is None:
+        raise UsageError("no 'faces' pipeline is installed")
+    return entry.options().model_dump()
 
 
 @dataclass
@@ -266,7 +274,9 @@ class PriorCache:
             if key not in self._priors:
                 if self.registry.get("prior", name) is None:  # no paths or hub ids from a browser
                     raise UsageError(f"unknown prior '{name}': pick one of the registered priors")
-                self._priors[key] = load_prior(name, self.registry, device="cpu", dtype=dtype)
+                self._priors[key] = api.load_prior(
+                    name, device="cpu", dtype=dtype, registry=self.registry
+                )
             return self._priors[key]
 
 
@@ -316,19 +326,12 @@ def cli_command(files: RunFiles, seed: int, prior: str, faces: FacesOptions | No
     return " ".join(parts)
 
 
-def _run_report(
-    recipe: Any, prior: Any, seed: int, command: str, entry: dict[str, Any], **extra: Any
-) -> dict[str, Any]:
+def _run_report(report: dict[str, Any], command: str, entry: dict[str, Any]) -> dict[str, Any]:
     """run.json of a UI run: the CLI's fields plus the command that re-runs it."""
     return {
-        "guidestack": __version__,
+        **report,
         "recipe_source": "recipe.toml (guidestack ui)",
-        "recipe": recipe.resolved(),
-        "prior": prior.describe(),
-        "device": "cpu",
-        "seed": seed,
         "cli": command,
-        **extra,
         "inputs": [entry],
     }
 
@@ -346,16 +349,14 @@ def execute(
 ) -> RunOutcome:
     """Run ``raw`` on ``files`` as ``guidestack run recipe.toml <name>.png --seed seed`` does and
     write the output, comparison, ``run.json`` and ``recipe.toml`` into ``folder``.  With
-    ``faces``, the photo goes through the CLI's own ``--faces`` path."""
+    ``faces``, the photo goes through the ``faces`` pipeline, as ``--faces`` does."""
     registry = priors.registry
     raw = copy.deepcopy(raw)
     refuse_paths(raw)
-    recipe = validate(copy.deepcopy(raw), registry, "ui")
-    prior_name = recipe.prior.name
-    prior = priors.get(prior_name, recipe.prior.dtype)
-    # the same path the CLI takes: per-prior tables (none left after recipe_for_prior) then validate
-    recipe = validate(apply_per_prior(raw, prior.name, prior.kind, "ui"), registry, "ui")
-    needs = recipe_requirements(recipe, registry)
+    draft = api.load_recipe(copy.deepcopy(raw), registry=registry)
+    prior = priors.get(draft.prior.name, draft.prior.dtype)
+    recipe = draft.for_prior(prior, registry)
+    needs = api.requirements(recipe, registry=registry)
     if faces is not None and files.mask is not None:
         raise UsageError(
             "a mask cannot be combined with faces in the wild (as --mask with --faces)"
@@ -372,132 +373,41 @@ def execute(
         if path is not None:
             check_upload(path, what)
 
-    item = Item(path=files.image, name=files.name, seed=derive_seed(seed, files.name))
-    args = types.SimpleNamespace(
-        mask=str(files.mask) if files.mask else None,
-        reference=str(files.reference) if files.reference else None,
-    )
-    load_item(item, args)
-
     def callback(event: str, **info: Any) -> None:
         if cancel is not None and cancel.is_set():
             raise Cancelled("run cancelled")
         if on_event is not None:
             on_event(event, **info)
 
-    if faces is not None:
-        return _execute_faces(
-            raw, recipe, prior, registry, item, files, seed, folder, faces, callback
-        )
-    obs = observation_for([item], prior.image_size)
-    result, ctx = run_recipe(
-        recipe, prior, obs, [item.seed], registry, device=torch.device("cpu"), callback=callback
-    )
-    output = result.image.detach().float().cpu()[0]
-    folder.mkdir(parents=True, exist_ok=True)
-    out_png = save_image(output, folder / f"{item.name}.png")
-    panels = [("input", obs.image[0].cpu())]
-    if obs.mask is not None:
-        panels.append(("mask", obs.mask[0].cpu()))
-    if obs.reference is not None:
-        panels.append(("reference", obs.reference[0].cpu()))
-    panels.append(("output", output))
-    compare = save_pil(compare_grid(panels), folder / f"{item.name}_compare.png")
-    command = cli_command(files, seed, prior.name)
-    toml_path = write_text(
-        to_toml(raw, f"saved by guidestack ui {__version__}; re-run with:\n  {command}"),
-        folder / "recipe.toml",
-    )
-    item.status = "done"
-    entry = {
-        "name": item.name,
-        "file": f"{item.name}{files.image.suffix}",
-        "seed": item.seed,
-        "status": "done",
-        "warnings": item.warnings,
-        "placement": item.info.get("placement"),
-        "model_calls": ctx.model_calls,
-        "seconds": ctx.report.get("seconds"),
-        "outputs": [out_png.name, compare.name],
-    }
-    report = _run_report(recipe, prior, seed, command, entry)
-    manifest = write_json(report, folder / "run.json")
-    extra = [p for p in (files.mask, files.reference) if p is not None and p.parent == folder]
-    return RunOutcome(
-        folder,
-        out_png,
-        compare,
-        manifest,
-        toml_path,
-        command,
-        [out_png, manifest, toml_path, compare, *extra],
-    )
-
-
-class _ProgressEvents:
-    """The CLI's progress-bar interface, turned into UI events (and the cancel check)."""
-
-    def __init__(self, callback: Callable[..., None]):
-        self.callback = callback
-
-    def start(self, label: str, total: int) -> None:
-        self.callback("start", total=total)
-
-    def advance(self, postfix: dict[str, Any] | None = None) -> None:
-        self.callback("iteration", postfix=postfix)
-
-    def close(self) -> None:
-        pass
-
-
-def _execute_faces(
-    raw, recipe, prior, registry, item, files, seed, folder, faces, callback
-) -> RunOutcome:
-    """``guidestack run --faces``: the CLI's function itself, writing into ``folder``."""
-    from PIL import ImageDraw
-
-    from guidestack.cli.run import run_faces
-    from guidestack.io.outputs import tensor_to_pil
-
-    folder.mkdir(parents=True, exist_ok=True)
-    args = types.SimpleNamespace(
+    result = api.run(
+        recipe,
+        prior,
+        files.image,
+        mask=files.mask,
+        reference=files.reference,
         seed=seed,
-        min_face=faces.min_face,
-        face_threshold=faces.threshold,
-        upscale=faces.upscale,
-        trajectory=0,
+        names=[files.name],
+        device="cpu",
+        faces=faces.options() if faces is not None else False,
+        callback=callback,
+        registry=registry,
     )
-    run_faces(
-        item, recipe, prior, registry, torch.device("cpu"), folder, args, _ProgressEvents(callback)
-    )
-    if item.status != "done":
-        if item.error == "run cancelled":
-            raise Cancelled(item.error)
-        raise UsageError(item.error or "the faces run failed")
-    photo = tensor_to_pil(item.image.tensor).convert("RGB")
-    draw = ImageDraw.Draw(photo)
-    width = max(2, round(max(photo.size) / 200))
-    for i, face in enumerate(item.info.get("faces", [])):
-        x0, y0, x1, y1 = face["box"]
-        draw.rectangle((x0, y0, x1, y1), outline=(255, 64, 64), width=width)
-        draw.text((x0 + width, y0 + width), f"{i}", fill=(255, 64, 64))
-    detected = save_pil(photo, folder / f"{item.name}_detected.png")
+    folder.mkdir(parents=True, exist_ok=True)
+    outputs = result.save(folder, files.name, overwrite=True)
+    out_png, compare = folder / outputs[0], folder / outputs[1]
     command = cli_command(files, seed, prior.name, faces)
     toml_path = write_text(
         to_toml(raw, f"saved by guidestack ui {__version__}; re-run with:\n  {command}"),
         folder / "recipe.toml",
     )
-    entry = {
-        "name": item.name,
-        "seed": item.seed,
-        "status": item.status,
-        "warnings": item.warnings,
-        **item.info,
-    }
-    report = _run_report(recipe, prior, seed, command, entry, faces=True)
-    manifest = write_json(report, folder / "run.json")
-    restored = sorted((folder / "faces").glob(f"{item.name}_face*_restored.png"))
-    out_png, compare = folder / f"{item.name}.png", folder / f"{item.name}_compare.png"
+    entry = {**result.entry, "file": f"{files.name}{files.image.suffix}", "outputs": outputs}
+    manifest = write_json(_run_report(result.report, command, entry), folder / "run.json")
+    extra = [p for p in (files.mask, files.reference) if p is not None and p.parent == folder]
+    written = [out_png, manifest, toml_path, compare, *extra]
+    if faces is None:
+        return RunOutcome(folder, out_png, compare, manifest, toml_path, command, written)
+    detected = save_pil(_boxed(result), folder / f"{files.name}_detected.png")
+    restored = [folder / name for name in outputs if name.endswith("_restored.png")]
     return RunOutcome(
         folder,
         out_png,
@@ -505,8 +415,22 @@ def _execute_faces(
         manifest,
         toml_path,
         command,
-        [out_png, manifest, toml_path, compare, detected, *restored],
+        [*written, detected, *restored],
         detected=detected,
         faces=restored,
-        warnings=list(item.warnings),
+        warnings=result.warnings,
     )
+
+
+def _boxed(result: Any):
+    """The input photo with each detected face boxed and numbered."""
+    from PIL import ImageDraw
+
+    photo = tensor_to_pil(result.input).convert("RGB")
+    draw = ImageDraw.Draw(photo)
+    width = max(2, round(max(photo.size) / 200))
+    for i, face in enumerate(result.entry.get("faces", [])):
+        x0, y0, x1, y1 = face["box"]
+        draw.rectangle((x0, y0, x1, y1), outline=(255, 64, 64), width=width)
+        draw.text((x0 + width, y0 + width), f"{i}", fill=(255, 64, 64))
+    return photo

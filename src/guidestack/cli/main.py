@@ -11,7 +11,6 @@ import json
 import sys
 import traceback
 from collections.abc import Sequence
-from typing import Any
 
 from guidestack import __version__
 from guidestack.engine.errors import GuidestackError, UsageError
@@ -184,19 +183,9 @@ def _dispatch(args: argparse.Namespace, registry) -> int:
 
 
 def _recipes(args: argparse.Namespace, registry) -> int:
-    from guidestack.engine.recipe import load_raw, recipe_index
+    from guidestack.engine.catalog import recipes_listing
 
-    rows = []
-    for name, (plugin, _) in sorted(recipe_index(registry).items()):
-        _, raw, _ = load_raw(name, registry)
-        rows.append(
-            {
-                "name": name,
-                "plugin": plugin,
-                "description": raw.get("description", ""),
-                "stages": [s.get("use") for s in raw.get("stage", [])],
-            }
-        )
+    rows = recipes_listing(registry)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -206,39 +195,9 @@ def _recipes(args: argparse.Namespace, registry) -> int:
     return 0
 
 
-def plugins_listing(registry) -> list[dict[str, Any]]:
-    from .plugins import plugin_api_version
-
-    out = []
-    for plugin, info in sorted(registry.plugins.items()):
-        entry: dict[str, Any] = {
-            "name": plugin,
-            "module": info.get("module"),
-            "version": info.get("version"),
-        }
-        entry["hook_api_version"] = plugin_api_version(info.get("module"))
-        for kind in ("stage", "prior", "prior_backend", "restorer", "degradation"):
-            names = info.get(kind, [])
-            entry[kind + "s"] = [
-                {
-                    "name": n,
-                    "description": registry.get(kind, n).description,
-                    "hooks": list(registry.get(kind, n).hooks),
-                    "options": _options_schema(registry.get(kind, n).options),
-                }
-                for n in names
-            ]
-        out.append(entry)
-    return out
-
-
-def _options_schema(model) -> dict[str, Any]:
-    from .plugins import options_schema
-
-    return options_schema(model)
-
-
 def _plugins(args: argparse.Namespace, registry) -> int:
+    from guidestack.engine.catalog import LISTED_KINDS, plugins_listing
+
     listing = plugins_listing(registry)
     if args.json:
         print(json.dumps(listing, indent=2, default=str))
@@ -246,10 +205,10 @@ def _plugins(args: argparse.Namespace, registry) -> int:
     for plugin in listing:
         version = f" {plugin['version']}" if plugin["version"] else ""
         print(f"{plugin['name']}{version} ({plugin['module']})")
-        for kind in ("stages", "priors", "prior_backends", "restorers", "degradations"):
-            for item in plugin[kind]:
+        for kind in LISTED_KINDS:
+            for item in plugin[kind + "s"]:
                 hooks = f" [{', '.join(item['hooks'])}]" if item["hooks"] else ""
-                print(f"  {kind[:-1]:<13} {item['name']:<22}{hooks} {item['description']}")
+                print(f"  {kind:<13} {item['name']:<22}{hooks} {item['description']}")
     return 0
 
 

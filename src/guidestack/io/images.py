@@ -85,7 +85,7 @@ class LoadedImage:
     """
 
     tensor: torch.Tensor
-    path: Path
+    path: Path | None
     size: tuple[int, int]
     mode: str
     bit_depth: int
@@ -97,7 +97,7 @@ class LoadedImage:
     def meta(self) -> dict[str, Any]:
         """What run.json records about this input."""
         return {
-            "path": str(self.path),
+            "path": None if self.path is None else str(self.path),
             "kind": self.kind,
             "size": list(self.size),
             "mode": self.mode,
@@ -536,6 +536,129 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return paths
 
 
+def load_input(obj: Any, *, kind: Kind = "image", name: str = "input") -> LoadedImage:
+    """Any image a user may hand over, as a :class:`LoadedImage`.
+
+    - a path (``str`` or ``Path``): :func:`read_image`, with all its checks;
+    - a PIL image: any mode, converted as :func:`read_image` converts files (alpha dropped,
+      gray replicated, 16-bit kept);
+    - a numpy array ``[H, W]``, ``[H, W, C]`` (C = 1, 3 or 4; alpha dropped): uint8 (0..255),
+      uint16 (0..65535), bool, or floats in [0, 1];
+    - a tensor already in the engine's convention: an image ``[3, H, W]`` (or ``[1, 3, H, W]``)
+      in [-1, 1], a mask ``[H, W]``, ``[1, H, W]`` or ``[1, 1, H, W]`` in [0, 1] (1 = missing).
+
+    Masks are thresholded at 0.5 (white = missing).  ``name`` labels messages for objects that
+    have no file name.
+    """
+    if isinstance(obj, str | Path):
+        return read_image(obj, kind=kind)
+    if isinstance(obj, Image.Image):
+        return _from_pil(obj, kind, name)
+    if isinstance(obj, np.ndarray):
+        return _from_array(obj, kind, name)
+    if isinstance(obj, torch.Tensor):
+        return _from_tensor(obj, kind, name)
+    raise InputError(
+        f"{kind} {name}: cannot use a {type(obj).__name__}; give a file path, a PIL image, a "
+        "numpy array or a tensor"
+    )
+
+
+def _loaded(tensor: torch.Tensor, kind: Kind, name: str, mode: str, bits: int, notes: list[str]):
+    height, width = int(tensor.shape[-2]), int(tensor.shape[-1])
+    if min(height, width) < MIN_SIDE:
+        raise InputError(
+            f"{kind} {name} is {width}x{height}; the smallest side must be >= {MIN_SIDE}"
+        )
+    if height * width > MAX_PIXELS or max(height, width) > MAX_SIDE:
+        raise InputError(
+            f"{kind} {name} is {width}x{height}; guidestack reads at most {MAX_PIXELS:,} pixels "
+            f"and {MAX_SIDE} pixels per side: downscale it first"
+        )
+    if not torch.isfinite(tensor).all():
+        raise InputError(f"{kind} {name} contains NaN or infinite values")
+    return LoadedImage(tensor, None, (width, height), mode, bits, "array", kind, 1, notes)
+
+
+def _from_pil(im: Image.Image, kind: Kind, name: str) -> LoadedImage:
+    _check_size(Path(name), kind, im.size)
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        array = np.clip(np.asarray(im, dtype=np.int64), 0, 65535).astype(np.uint16)
+    elif mode == "F":
+        array = np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
+    elif "A" in mode or (mode == "P" and "transparency" in im.info):
+        array = np.asarray(im.convert("RGBA"))
+    elif mode in ("1", "L"):
+        array = np.asarray(im.convert("L"))
+    else:
+        array = np.asarray(im.convert("RGB"))
+    loaded = _from_array(array, kind, name)
+    loaded.mode = mode
+    return loaded
+
+
+def _from_array(array: np.ndarray, kind: Kind, name: str) -> LoadedImage:
+    a = np.asarray(array)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[-1] not in (1, 3, 4):
+        raise InputError(
+            f"{kind} {name}: an array must be [H, W] or [H, W, C] with C in 1, 3, 4; got {a.shape}"
+        )
+    if a.dtype == np.uint8:
+        values, bits = a.astype(np.float32) / 255.0, 8
+    elif a.dtype == np.uint16:
+        values, bits = a.astype(np.float32) / 65535.0, 16
+    elif a.dtype == np.bool_:
+        values, bits = a.astype(np.float32), 1
+    elif np.issubdtype(a.dtype, np.floating):
+        values, bits = a.astype(np.float32), 32
+        if not np.isfinite(values).all():
+            raise InputError(f"{kind} {name} contains NaN or infinite values")
+        if values.min() < 0.0 or values.max() > 1.0:
+            raise InputError(
+                f"{kind} {name}: a float array must hold values in [0, 1] "
+                f"(got {values.min():.3g}..{values.max():.3g})"
+            )
+    else:
+        raise InputError(f"{kind} {name}: unsupported array dtype {a.dtype}")
+    alpha = None
+    if values.shape[-1] == 4:
+        values, alpha = values[..., :3], values[..., 3]
+    notes: list[str] = []
+    label = Path(name)
+    if kind == "image":
+        tensor = _image_tensor(label, values, alpha, notes)
+    else:
+        tensor = _mask_tensor(label, values, alpha, notes)
+    return _loaded(tensor, kind, name, f"array[{a.dtype}]", bits, notes)
+
+
+def _from_tensor(x: torch.Tensor, kind: Kind, name: str) -> LoadedImage:
+    t = x.detach().to(device="cpu", dtype=torch.float32)
+    while t.dim() > 3 and t.shape[0] == 1:
+        t = t[0]
+    if kind == "mask":
+        if t.dim() == 2:
+            t = t[None]
+        if t.dim() != 3 or t.shape[0] != 1:
+            raise InputError(f"mask {name}: expected [H, W] or [1, H, W], got {tuple(x.shape)}")
+        t = (t >= 0.5).to(torch.float32)
+    else:
+        if t.dim() != 3 or t.shape[0] not in (1, 3):
+            raise InputError(f"image {name}: expected [3, H, W] in [-1, 1], got {tuple(x.shape)}")
+        if t.shape[0] == 1:
+            t = t.expand(3, -1, -1)
+        if bool(((t < -1.0 - 1e-6) | (t > 1.0 + 1e-6)).any()):
+            raise InputError(
+                f"image {name}: tensors are taken in [-1, 1] (the engine's convention); got "
+                f"values in {float(t.min()):.3g}..{float(t.max()):.3g}"
+            )
+        t = t.clamp(-1.0, 1.0)
+    return _loaded(t.contiguous(), kind, name, "tensor", 32, [])
+
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "MAX_PIXELS",
@@ -546,6 +669,7 @@ __all__ = [
     "Placement",
     "check_same_size",
     "expand_inputs",
+    "load_input",
     "read_image",
     "to_square",
 ]
