@@ -102,11 +102,6 @@ def options_schema(model: type[BaseModel] | None) -> dict[str, dict[str, Any]]:
     return out
 
 
-def format_constraints(constraints: dict[str, Any]) -> str:
-    labels = dict(_CONSTRAINTS)
-    return ", ".join(f"{labels[k]} {v}" for k, v in constraints.items())
-
-
 # --- facts about plugins -----------------------------------------------------------------------
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from guidestack.engine.registry import Registry
+from guidestack import Registry
 
 DESCRIPTION = "degrade clean faces, restore them with recipes, write metrics and a report"
 
@@ -47,7 +47,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, registry: Registry) -> int:
     """``guidestack bench``: exit 1 when a run failed."""
-    from guidestack.engine.device import pick_device
+    from guidestack.api import pick_device
 
     from .runner import BenchOptions, run_bench
 

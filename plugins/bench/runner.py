@@ -28,9 +28,7 @@ from typing import Any
 
 import torch
 
-from guidestack import api
-from guidestack.engine.errors import GuidestackError, InputError, UsageError
-from guidestack.engine.registry import Registry
+from guidestack import GuidestackError, InputError, Registry, UsageError, api
 from guidestack.io.images import expand_inputs, read_image, to_square
 from guidestack.io.outputs import (
     prepare_output_dir,

@@ -20,9 +20,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from guidestack.engine.errors import GuidestackError
-from guidestack.engine.recipe import recipe_index
-from guidestack.engine.registry import Registry
+from guidestack import GuidestackError, Registry, api
 from guidestack.io.outputs import save_pil, tensor_to_pil, write_text
 
 from . import session as S
@@ -43,7 +41,7 @@ class App:
         self.root = root
         self.run_lock = threading.Lock()  # one run at a time (CPU); others wait in the queue
         self.cancels: dict[str, threading.Event] = {}
-        self.recipes = sorted(recipe_index(registry))
+        self.recipes = sorted(r["name"] for r in api.list_recipes(registry=registry))
         self.prior_names = registry.names("prior")
         self.stage_names = registry.names("stage")
 
@@ -118,7 +116,7 @@ def _convert(c: S.Control, value: Any) -> Any:
 
 def options_panel(app: App, raw: dict, raw_state: gr.State, problems: gr.Markdown) -> None:
     """Controls for ``[sampler]``, ``[guidance]`` and each stage, bound to ``raw_state``."""
-    from guidestack.engine.config import GuidanceConfig, SamplerConfig
+    from guidestack import GuidanceConfig, SamplerConfig
 
     sections: list[tuple[str | int, str, type]] = [
         ("sampler", "Sampler", SamplerConfig),

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from importlib.util import find_spec
 
-from guidestack.engine.errors import UsageError
-from guidestack.engine.registry import Registry
+from guidestack import Registry, UsageError
 
 DESCRIPTION = "browser UI (needs the ui extra: pip install 'guidestack[ui]')"
 

@@ -26,7 +26,7 @@ def serve(host: str = "127.0.0.1", port: int | None = None) -> None:
     try:
         import gradio as gr
 
-        from guidestack.engine.registry import default_registry
+        from guidestack.api import registry as default_registry
 
         from .app import MAX_FILE_SIZE, THEME_FONTS, App, build
 

@@ -22,9 +22,7 @@ from typing import Any, Literal
 import tomli_w
 from annotated_types import Ge, Gt, Le, Lt
 
-from guidestack import __version__, api
-from guidestack.engine.errors import GuidestackError, RecipeError, UsageError
-from guidestack.engine.registry import Registry
+from guidestack import GuidestackError, RecipeError, Registry, UsageError, __version__, api
 from guidestack.io.images import read_image
 from guidestack.io.outputs import save_pil, tensor_to_pil, write_json, write_text
 

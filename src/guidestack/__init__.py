@@ -35,16 +35,20 @@ _EXPORTS = {
     "PriorOutput": "guidestack.engine.prior",
     "EpsFunctionPrior": "guidestack.engine.prior",
     "Recipe": "guidestack.engine.recipe",
+    "SamplerConfig": "guidestack.engine.config",
+    "GuidanceConfig": "guidestack.engine.config",
+    "PriorConfig": "guidestack.engine.config",
+    "Registry": "guidestack.engine.registry",
     "Observation": "guidestack.engine.context",
     "RunContext": "guidestack.engine.context",
     "StepState": "guidestack.engine.context",
     # finding out
-    "recipes": "guidestack.api",
+    "list_recipes": "guidestack.api",
     "requirements": "guidestack.api",
     "pick_device": "guidestack.api",
     "derive_seed": "guidestack.api",
     "HOOK_API_VERSION": "guidestack.api",
-    "plugins": "guidestack.api",
+    "list_plugins": "guidestack.api",
     "explain": "guidestack.api",
     # images
     "read_image": "guidestack.io.images",
@@ -57,6 +61,8 @@ _EXPORTS = {
     "PriorUnavailable": "guidestack.engine.errors",
     "UsageError": "guidestack.engine.errors",
     "NonFiniteError": "guidestack.engine.errors",
+    "OutputError": "guidestack.engine.errors",
+    "StageError": "guidestack.engine.errors",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -28,6 +28,7 @@ from pydantic import ValidationError
 
 from guidestack import __version__
 from guidestack.engine import catalog
+from guidestack.engine.catalog import KINDS
 from guidestack.engine.context import Observation, RunContext
 from guidestack.engine.device import pick_device
 from guidestack.engine.errors import InputError, RecipeError, UsageError
@@ -68,10 +69,8 @@ def register(*things: Any, registry: Registry | None = None) -> None:
     reg = _registry(registry)
     for thing in things:
         if isinstance(thing, type) and issubclass(thing, Stage):
-            previous, reg.current_plugin = (
-                reg.current_plugin,
-                getattr(thing, "__module__", "<python>"),
-            )
+            owner = getattr(thing, "__module__", None) or "<python>"
+            previous, reg.current_plugin = reg.current_plugin, owner
             try:
                 reg.add_stage(thing)
             finally:
@@ -92,12 +91,12 @@ def register(*things: Any, registry: Registry | None = None) -> None:
         reg.plugins.setdefault(name, {})["module"] = name
 
 
-def recipes(*, registry: Registry | None = None) -> list[dict[str, Any]]:
+def list_recipes(*, registry: Registry | None = None) -> list[dict[str, Any]]:
     """Every named recipe: ``name``, ``plugin``, ``description``, ``stages``."""
     return catalog.recipes_listing(_registry(registry))
 
 
-def plugins(*, registry: Registry | None = None) -> list[dict[str, Any]]:
+def list_plugins(*, registry: Registry | None = None) -> list[dict[str, Any]]:
     """Every installed plugin and what it registered, with options schemas."""
     return catalog.plugins_listing(_registry(registry))
 
@@ -113,14 +112,15 @@ def explain(
 
 __all__ = [
     "HOOK_API_VERSION",
+    "KINDS",
     "check_faces_options",
     "derive_seed",
     "explain",
     "load_prior",
     "load_recipe",
     "pick_device",
-    "plugins",
-    "recipes",
+    "list_plugins",
+    "list_recipes",
     "register",
     "registry",
     "requirements",

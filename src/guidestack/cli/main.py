@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Sequence
 
 from guidestack import __version__
-from guidestack.engine.errors import GuidestackError, UsageError
+from guidestack import GuidestackError, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        from guidestack.engine.registry import default_registry
+        from guidestack.api import registry as default_registry
 
         registry = default_registry()
         args = build_parser(registry).parse_args(argv)
@@ -183,9 +183,9 @@ def _dispatch(args: argparse.Namespace, registry) -> int:
 
 
 def _recipes(args: argparse.Namespace, registry) -> int:
-    from guidestack.engine.catalog import recipes_listing
+    from guidestack import api
 
-    rows = recipes_listing(registry)
+    rows = api.list_recipes(registry=registry)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -196,34 +196,28 @@ def _recipes(args: argparse.Namespace, registry) -> int:
 
 
 def _plugins(args: argparse.Namespace, registry) -> int:
-    from guidestack.engine.catalog import LISTED_KINDS, plugins_listing
+    from guidestack import api
 
-    listing = plugins_listing(registry)
+    listing = api.list_plugins(registry=registry)
     if args.json:
         print(json.dumps(listing, indent=2, default=str))
         return 0
     for plugin in listing:
         version = f" {plugin['version']}" if plugin["version"] else ""
         print(f"{plugin['name']}{version} ({plugin['module']})")
-        for kind in LISTED_KINDS:
-            for item in plugin[kind + "s"]:
+        for kinds in (key for key, value in plugin.items() if isinstance(value, list)):
+            kind = kinds[:-1]
+            for item in plugin[kinds]:
                 hooks = f" [{', '.join(item['hooks'])}]" if item["hooks"] else ""
                 print(f"  {kind:<13} {item['name']:<22}{hooks} {item['description']}")
     return 0
 
 
 def _validate(args: argparse.Namespace, registry) -> int:
-    from guidestack.engine.recipe import load_recipe
+    from guidestack import api
 
-    prior_name = prior_kind = None
-    if args.prior is not None:
-        from guidestack.engine.prior_source import load_prior
-
-        prior = load_prior(args.prior, registry)
-        prior_name, prior_kind = prior.name, prior.kind
-    recipe = load_recipe(
-        args.recipe, registry, args.overrides, prior_name=prior_name, prior_kind=prior_kind
-    )
+    prior = None if args.prior is None else api.load_prior(args.prior, registry=registry)
+    recipe = api.load_recipe(args.recipe, set=args.overrides, prior=prior, registry=registry)
     print(f"{recipe.source}: valid")
     print(json.dumps(recipe.resolved(), indent=2, default=str))
     return 0

@@ -14,9 +14,23 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from guidestack.engine.catalog import KINDS, explain, format_constraints
-from guidestack.engine.errors import UsageError
-from guidestack.engine.registry import Registry
+from guidestack import Registry, UsageError, api
+
+#: the labels of options-model constraints in ``explain``'s option tables
+_CONSTRAINT_LABELS = {
+    "gt": ">",
+    "ge": ">=",
+    "lt": "<",
+    "le": "<=",
+    "multiple_of": "multiple of",
+    "min_length": "min length",
+    "max_length": "max length",
+}
+
+
+def format_constraints(constraints: dict[str, Any]) -> str:
+    return ", ".join(f"{_CONSTRAINT_LABELS[k]} {v}" for k, v in constraints.items())
+
 
 # --- text output -------------------------------------------------------------------------------
 
@@ -102,7 +116,7 @@ def add_plugin_commands(sub: Any) -> None:
         "name", help="a registered name or a plugin name (`guidestack plugins` lists them)"
     )
     explain_p.add_argument(
-        "--kind", choices=[*KINDS, "plugin"], help="only look for this kind of thing"
+        "--kind", choices=[*api.KINDS, "plugin"], help="only look for this kind of thing"
     )
     explain_p.add_argument("--json", action="store_true")
 
@@ -121,7 +135,7 @@ def add_plugin_commands(sub: Any) -> None:
 def run_plugin_command(args: argparse.Namespace, registry: Callable[[], Registry]) -> int:
     """Dispatch ``explain`` / ``new-plugin``; ``registry`` is called only when needed."""
     if args.command == "explain":
-        found = explain(registry(), args.name, args.kind)
+        found = api.explain(args.name, args.kind, registry=registry())
         if args.json:
             print(json.dumps(found if len(found) > 1 else found[0], indent=2))
         else:

@@ -16,9 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from guidestack import api
-from guidestack.engine.errors import GuidestackError, InputError, UsageError
-from guidestack.engine.registry import Registry
+from guidestack import GuidestackError, InputError, Registry, UsageError, api
 from guidestack.io.images import (
     IMAGE_SUFFIXES,
     LoadedImage,

@@ -14,11 +14,11 @@ from pathlib import Path
 from string import Template
 from typing import TYPE_CHECKING
 
-from guidestack.engine.errors import OutputError, UsageError
-from guidestack.engine.hookspecs import HOOK_API_VERSION
+from guidestack import OutputError, UsageError
+from guidestack.api import HOOK_API_VERSION
 
 if TYPE_CHECKING:  # pragma: no cover
-    from guidestack.engine.registry import Registry
+    from guidestack import Registry
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 MAX_NAME = 32
@@ -283,7 +283,7 @@ def check_name(name: str, registry: Registry | None = None) -> None:
         )
     if registry is None:
         return
-    from guidestack.engine.recipe import recipe_index
+    from guidestack import api
 
     taken = []
     if name in registry.plugins:
@@ -291,7 +291,7 @@ def check_name(name: str, registry: Registry | None = None) -> None:
     taken += [
         f"stage '{n}'" for n in (name, f"{name}-mean") if registry.get("stage", n) is not None
     ]
-    if f"{name}-demo" in recipe_index(registry):
+    if f"{name}-demo" in {r["name"] for r in api.list_recipes(registry=registry)}:
         taken.append(f"recipe '{name}-demo'")
     if taken:
         raise UsageError(f"{', '.join(taken)} already installed; choose another plugin name")
