@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import EXAMPLES
 from PIL import Image
 
 import guidestack as gs
-from conftest import EXAMPLES
 from guidestack.engine.prior import EpsFunctionPrior, linear_alphas_cumprod
 from guidestack.testing import face_batch, tiny_prior
 
@@ -209,7 +209,18 @@ def test_cli_and_api_give_the_same_image(prior, tmp_path):
     from guidestack.cli.main import main
 
     code = main(
-        ["run", "restore", str(FACE), "-o", str(tmp_path), "--steps", "12", "--quiet", "--seed", "4"]
+        [
+            "run",
+            "restore",
+            str(FACE),
+            "-o",
+            str(tmp_path),
+            "--steps",
+            "12",
+            "--quiet",
+            "--seed",
+            "4",
+        ]
     )
     assert code == 0
     out = gs.run(gs.load_recipe("restore", set={"sampler.steps": 12}), prior, FACE, seed=4)

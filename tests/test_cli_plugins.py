@@ -14,8 +14,8 @@ from pydantic import BaseModel, Field
 from test_third_party import TIMEOUT, environment, pip_install
 
 from guidestack.cli.main import main
-from guidestack.engine.catalog import explain, hook_summary, options_schema, type_name
 from guidestack.cli.scaffold import check_name, scaffold
+from guidestack.engine.catalog import explain, hook_summary, options_schema, type_name
 from guidestack.engine.errors import UsageError
 from guidestack.engine.hookspecs import RUN_HOOKS
 

@@ -17,7 +17,6 @@ import ast
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO
 
 #: import name of each source folder

@@ -12,8 +12,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from guidestack import __version__
-from guidestack import GuidestackError, UsageError
+from guidestack import GuidestackError, UsageError, __version__
 
 
 class _Parser(argparse.ArgumentParser):
