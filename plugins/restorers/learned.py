@@ -35,6 +35,7 @@ from ..checkpoints import (
 )
 from .realesrgan import RealESRGANRestorer
 from .rrdb import TimeConditionedRRDB
+from .spandrel_restorer import SpandrelRestorer
 from .swinir import SwinIR, SwinIRConfig
 
 SWINIR_CARD = ModelCard(
@@ -166,7 +167,12 @@ class PGDiffRRDBRestorer(_Learned):
         return _resize(out.clamp(-1, 1), tuple(y.shape[-2:])).to(y.dtype)
 
 
-LEARNED_RESTORERS = (DifFaceSwinIRRestorer, PGDiffRRDBRestorer, RealESRGANRestorer)
+LEARNED_RESTORERS = (
+    DifFaceSwinIRRestorer,
+    PGDiffRRDBRestorer,
+    RealESRGANRestorer,
+    SpandrelRestorer,
+)
 
 
 def contribute(registry) -> None:
