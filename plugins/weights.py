@@ -81,8 +81,10 @@ def download(url: str, dest: Path, *, sha256: str | None, what: str, hint: str) 
     wrong checksum, no checksum to check against) an :class:`InputError` that says how to
     provide the file by hand: download ``url`` and put it at ``dest``, or ``hint``."""
     name = Path(url).name or dest.name
+    check = f" (SHA-256 {sha256})" if sha256 and len(sha256) == 64 else ""
     by_hand = (
-        f"Download {url} on a machine with internet access and either put it at {dest} or {hint}."
+        f"Download {url}{check} on a machine with internet access and either put it at {dest} "
+        f"or {hint}."
     )
     if not sha256:
         raise InputError(
@@ -118,5 +120,5 @@ def fetch(card: ModelCard, what: str, hint: str, folder: Path | None = None) -> 
         return found
     dest = (models_dir() if folder is None else folder) / card.filename
     if card.sha256 is None:
-        raise InputError(missing_file_message(what, card, hint))
+        raise InputError(missing_file_message(what, card, f"Or {hint}."))
     return download(card.url, dest, sha256=card.sha256, what=f"{what}: the weights", hint=hint)

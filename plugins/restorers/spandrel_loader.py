@@ -13,6 +13,7 @@ spandrel's global registry is left alone.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
@@ -27,14 +28,23 @@ EXTRA_DISTRIBUTION = "spandrel-extra-arches"
 EXTRA_HINT = "pip install 'guidestack[codeformer]' (spandrel-extra-arches; non-commercial licences)"
 
 
+def import_spandrel():
+    """``spandrel``, imported without the deprecation notices its modules print at import."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        import spandrel
+    return spandrel
+
+
 @functools.cache
 def registry():
     """spandrel's detection registry, with the extra architectures when they are installed."""
-    import spandrel
-
+    spandrel = import_spandrel()
     reg = spandrel.MAIN_REGISTRY.copy()
     try:
-        import spandrel_extra_arches
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            import spandrel_extra_arches
     except ImportError:
         return reg
     reg.add(*spandrel_extra_arches.EXTRA_REGISTRY, ignore_duplicates=True)
@@ -88,7 +98,7 @@ def read_weights(path: Path) -> dict[str, Any]:
 
 
 def unsupported_message(path: Path, state: Mapping[str, Any]) -> str:
-    import spandrel
+    spandrel = import_spandrel()
 
     keys = [k for k in state if isinstance(k, str)]
     extra = "" if extra_installed() else f"; more (CodeFormer, Restormer...) with {EXTRA_HINT}"
@@ -102,7 +112,7 @@ def unsupported_message(path: Path, state: Mapping[str, Any]) -> str:
 
 def load_descriptor(state: Mapping[str, Any], path: Path):
     """Detect the architecture of ``state`` and build the network (a spandrel descriptor)."""
-    import spandrel
+    spandrel = import_spandrel()
 
     try:
         model = registry().load(dict(state))
@@ -122,9 +132,7 @@ def load_descriptor(state: Mapping[str, Any], path: Path):
 
 
 def _guess(state: Mapping[str, Any]) -> str | None:
-    from spandrel import canonicalize_state_dict
-
-    canonical = canonicalize_state_dict(dict(state))
+    canonical = import_spandrel().canonicalize_state_dict(dict(state))
     for support in registry().architectures("detection"):
         try:
             if support.detect(canonical):

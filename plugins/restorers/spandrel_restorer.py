@@ -176,7 +176,7 @@ def preset_path(name: str, who: str) -> str:
             f"Licence of the weights: {preset.card.licence}."
         )
     hint = 'set path = "/path/to/' + preset.card.filename + '" in the restorer table'
-    return str(fetch(preset.card, f"{who} ({name})", hint))
+    return str(fetch(preset.card, f'{who} (model = "{name}")', hint))
 
 
 class SpandrelRestorer(Restorer):
@@ -197,7 +197,8 @@ class SpandrelRestorer(Restorer):
         """The loaded spandrel descriptor (loaded on first use)."""
         if self._model is None:
             o = self.options
-            path = o.path if o.path is not None else preset_path(o.model, self.name)
+            who = f"restorer '{self.name}'"
+            path = o.path if o.path is not None else preset_path(o.model, who)
             self._model = load_file(path)
         return self._model
 

@@ -9,7 +9,8 @@ paper's ArcFace.  ``distance = "cosine"`` (``1 - cos``, the paper's choice, weig
 Weights: ``weights = "path"`` (a state dict of ``InceptionResnetV1``, e.g. facenet-pytorch's
 ``20180402-114759-vggface2.pt``) or, by default, facenet-pytorch's cache.  No checksum of that
 file is published, so guidestack does not download it (:mod:`guidestack.plugins.weights`):
-without it the stage fails with a message that says where to get it and where to put it.  The network runs on one sample at a time so batches equal single runs bit for bit.
+without it the stage fails with a message that says where to get it and where to put it.  The
+network runs on one sample at a time so batches equal single runs bit for bit.
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ sum-reduced scale as PGDiff's squared errors; ``"mean"`` is the usual LPIPS scor
 
 Backbone weights: ``backbone = "path"`` (a state dict of ``lpips``'s backbone, e.g. the tests'
 ``lpips_alexnet_backbone.pt``) or torchvision's cached ImageNet weights, downloaded at first use
-when online (checksum-verified); offline without them the stage fails with a message that says how to get them.
+when online (checksum-verified); offline without them the stage fails with a message that says
+how to get them.
 """
 
 from __future__ import annotations
