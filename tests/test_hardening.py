@@ -247,7 +247,9 @@ def test_a_device_file_is_refused(tmp_path):
 
 
 def test_a_closed_pipe_ends_quietly(tmp_path):
-    script = "import sys; from guidestack.cli.main import main; sys.exit(main(['plugins', '--json']))"
+    script = (
+        "import sys; from guidestack.cli.main import main; sys.exit(main(['plugins', '--json']))"
+    )
     proc = subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )

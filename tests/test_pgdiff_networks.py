@@ -40,14 +40,14 @@ def prior():
 @pytest.fixture
 def offline_cache(tmp_path, monkeypatch):
     """An empty torch cache and download URLs that refuse at once (no network in tests)."""
-    from guidestack.plugins.stages import identity, perceptual
+    from guidestack.plugins import networks
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(identity, "WEIGHTS_URL", "http://127.0.0.1:9/20180402-114759-vggface2.pt")
+    monkeypatch.setattr(networks, "WEIGHTS_URL", "http://127.0.0.1:9/20180402-114759-vggface2.pt")
     monkeypatch.setattr(
-        perceptual,
+        networks,
         "TORCHVISION_URLS",
-        {k: f"http://127.0.0.1:9/{k}.pth" for k in perceptual.TORCHVISION_URLS},
+        {k: f"http://127.0.0.1:9/{k}.pth" for k in networks.TORCHVISION_URLS},
     )
     return tmp_path / "torch"
 
@@ -173,7 +173,7 @@ def lpips_backbone():
 
 
 def test_perceptual_backbone_file_reproduces_the_lpips_reference_values(reg, prior):
-    from guidestack.plugins.stages.perceptual import load_lpips
+    from guidestack.plugins.networks import load_lpips
 
     model = load_lpips("alex", lpips_backbone(), torch.device("cpu"))
 
@@ -199,7 +199,7 @@ def test_perceptual_offline_without_backbone_says_how_to_get_it(reg, prior, offl
 
 def test_perceptual_accepts_a_torchvision_checkpoint_in_the_cache(reg, prior, offline_cache):
     """The torchvision file (``features.i`` keys) is found in the torch cache and converted."""
-    from guidestack.plugins.stages.perceptual import torchvision_cache_path
+    from guidestack.plugins.networks import torchvision_cache_path
 
     state = torch.load(lpips_backbone(), weights_only=True)
     converted = {f"features.{k.split('.', 1)[1]}": v for k, v in state.items()}
@@ -223,7 +223,7 @@ def test_perceptual_guidance_lowers_lpips_to_the_target(reg, prior):
     }
     guided, ctx = run_recipe(recipe(reg, [stage], steps=10, scale=0.2), prior, obs, [0, 1], reg)
     plain, _ = run_recipe(recipe(reg, [stage], steps=10, scale=0.0), prior, obs, [0, 1], reg)
-    from guidestack.plugins.stages.perceptual import load_lpips
+    from guidestack.plugins.networks import load_lpips
 
     model = load_lpips("alex", lpips_backbone(), torch.device("cpu"))
     with torch.no_grad():

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from guidestack.engine.errors import InputError
-from guidestack.plugins.stages.identity import default_weights_path, load_embedder
+from guidestack.plugins.networks import default_weights_path, load_embedder
 
 from .common import check_pair
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from guidestack.engine.errors import InputError
-from guidestack.plugins.stages.perceptual import backbone_state, torchvision_cache_path
+from guidestack.plugins.networks import backbone_state, torchvision_cache_path
 
 from .common import MetricUnavailable, check_pair
 

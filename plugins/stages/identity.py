@@ -15,7 +15,6 @@ network runs on one sample at a time so batches equal single runs bit for bit.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -23,69 +22,19 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from guidestack.engine.context import RunContext, StepState
-from guidestack.engine.errors import InputError
 from guidestack.engine.hookspecs import hookimpl
 from guidestack.engine.stage import GuidanceOptions, Stage
 
+from ..networks import default_weights_path, download_weights, load_embedder
 from .properties import (
     cached_model,
-    fetch_weights,
     file_key,
     per_sample,
     require_input,
-    torch_home,
     user_file,
 )
 
-#: facenet-pytorch's VGGFace2 weights (the file ``InceptionResnetV1(pretrained="vggface2")`` fetches)
-WEIGHTS_URL = "https://github.com/timesler/facenet-pytorch/releases/download/v2.2.9/20180402-114759-vggface2.pt"
-#: no checksum of that file is published, so it is not downloaded automatically (docs/models.md)
-WEIGHTS_SHA256: str | None = None
 DEFAULT_WEIGHT = {"cosine": 10.0, "mse": 25.0}
-
-
-def default_weights_path() -> Path:
-    """Where facenet-pytorch caches the VGGFace2 weights (``$TORCH_HOME/checkpoints``)."""
-    return torch_home() / "checkpoints" / Path(WEIGHTS_URL).name
-
-
-def download_weights(dest: Path, stage_id: str = "identity", url: str | None = None) -> Path:
-    """Fetch the weights to ``dest``; :class:`InputError` saying what to do when offline."""
-    url = url or WEIGHTS_URL
-    name = Path(url).name
-    return fetch_weights(
-        url,
-        dest,
-        f"{stage_id}: the face-embedding weights",
-        f'set the stage option weights = "/path/to/{name}" (on the command line: --set '
-        f"stage.{stage_id}.weights=/path/to/{name}; any InceptionResnetV1 state dict works)",
-        sha256=WEIGHTS_SHA256,
-    )
-
-
-def load_embedder(path: Path, device: torch.device) -> torch.nn.Module:
-    """An ``InceptionResnetV1`` in eval mode with the state dict at ``path`` (classifier ignored)."""
-    from facenet_pytorch.models.inception_resnet_v1 import InceptionResnetV1
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"identity: cannot read weights file {path}: {exc}") from exc
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise InputError(f"identity: {path} is not a state dict of InceptionResnetV1")
-    state = {k: v for k, v in state.items() if not k.startswith("logits.")}
-    net = InceptionResnetV1(pretrained=None, classify=False)
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise InputError(
-            f"identity: {path} does not fit InceptionResnetV1 (missing {missing[:3]}, "
-            f"unexpected {unexpected[:3]}...)"
-        )
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net.eval().to(device)
 
 
 class IdentityOptions(GuidanceOptions):

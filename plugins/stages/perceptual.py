@@ -14,23 +14,19 @@ how to get them.
 
 from __future__ import annotations
 
-import re
-import warnings
-from pathlib import Path
 from typing import Literal
 
 import torch
 from pydantic import Field
 
 from guidestack.engine.context import RunContext, StepState
-from guidestack.engine.errors import InputError
 from guidestack.engine.hookspecs import hookimpl
 from guidestack.engine.refs import RestorerRef
 from guidestack.engine.restorer import restore
 
+from .. import networks
 from .properties import (
     cached_model,
-    fetch_weights,
     file_key,
     per_sample,
     require_input,
@@ -38,56 +34,6 @@ from .properties import (
     user_file,
 )
 from .smooth_semantics import RestorerTarget, SmoothSemanticsOptions
-
-#: torchvision's ImageNet backbones, as ``lpips`` would download them through torchvision
-TORCHVISION_URLS = {
-    "alex": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
-    "vgg": "https://download.pytorch.org/models/vgg16-397923af.pth",
-}
-#: the SHA-256 prefixes torchvision puts in those file names (torch.hub checks them)
-TORCHVISION_SHA256 = {"alex": "7be5be79", "vgg": "397923af"}
-_SLICE_KEY = re.compile(r"^slice\d+\.(\d+)\.(weight|bias)$")
-
-
-def torchvision_cache_path(net: str) -> Path:
-    """Where torchvision caches the backbone (``torch.hub.get_dir()/checkpoints``)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(TORCHVISION_URLS[net]).name
-
-
-def backbone_state(path: Path, lpips_net: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The state dict for ``lpips_net`` from ``path``: lpips's own ``sliceK.i`` keys, or a full
-    torchvision checkpoint (``features.i.*`` keys, classifier ignored)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise InputError(f"perceptual: cannot read backbone file {path}: {exc}") from exc
-    wanted = lpips_net.state_dict().keys()
-    if isinstance(state, dict) and set(wanted) <= set(state):
-        return {k: state[k] for k in wanted}
-    converted = {}
-    for key in wanted:
-        match = _SLICE_KEY.match(key)
-        source = f"features.{match[1]}.{match[2]}" if match else None
-        if not isinstance(state, dict) or source not in state:
-            raise InputError(
-                f"perceptual: {path} is neither an lpips backbone state dict nor a torchvision "
-                f"checkpoint of the same network (no '{key}' or '{source}')"
-            )
-        converted[key] = state[source]
-    return converted
-
-
-def load_lpips(net: str, path: Path, device: torch.device) -> torch.nn.Module:
-    """``lpips.LPIPS`` with its shipped linear heads and the backbone at ``path``, frozen."""
-    import lpips
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torchvision's "pretrained is deprecated" notices
-        model = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, spatial=True, verbose=False)
-    model.net.load_state_dict(backbone_state(path, model.net))
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model.eval().to(device)
 
 
 class PerceptualOptions(SmoothSemanticsOptions):
@@ -128,19 +74,19 @@ class Perceptual(RestorerTarget):
         if o.backbone is not None:
             path = user_file(o.backbone, self.id, "backbone")
         else:
-            path = torchvision_cache_path(o.net)
+            path = networks.torchvision_cache_path(o.net)
             if not path.is_file():
-                fetch_weights(
-                    TORCHVISION_URLS[o.net],
+                networks.fetch_weights(
+                    networks.TORCHVISION_URLS[o.net],
                     path,
                     f"{self.id}: the ImageNet {o.net} backbone weights of LPIPS",
                     f'set the stage option backbone = "/path/to/{path.name}" (on the command '
                     f"line: --set stage.{self.id}.backbone=/path/to/{path.name})",
-                    sha256=TORCHVISION_SHA256[o.net],
+                    sha256=networks.TORCHVISION_SHA256[o.net],
                 )
         self.model = cached_model(
             ("lpips", o.net, *file_key(path), str(ctx.device)),
-            lambda: load_lpips(o.net, path, ctx.device),
+            lambda: networks.load_lpips(o.net, path, ctx.device),
         )
 
     def target(self, ctx: RunContext, state: StepState) -> torch.Tensor:

@@ -16,8 +16,6 @@ import torch
 from guidestack.engine.context import RunContext
 from guidestack.engine.errors import InputError
 
-from ..weights import download
-
 
 def gray(x: torch.Tensor) -> torch.Tensor:
     """PGDiff's lightness classifier: the mean of R, G, B, repeated on the channels.
@@ -91,23 +89,9 @@ def file_key(path: str | Path) -> tuple[str, float, int]:
     return (str(p), stat.st_mtime, stat.st_size)
 
 
-def torch_home() -> Path:
-    """Where torch (and facenet-pytorch, torchvision) cache downloaded weights."""
-    return Path(torch.hub.get_dir()).parent
-
-
 def user_file(path: str, stage_id: str, what: str) -> Path:
     """An existing file named in a stage's options, or an :class:`InputError`."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise InputError(f"stage '{stage_id}': {what} file {p} does not exist")
     return p
-
-
-def fetch_weights(
-    url: str, dest: Path, what: str, option_hint: str, sha256: str | None = None
-) -> Path:
-    """Download ``url`` to ``dest``, checksum-verified (:func:`guidestack.plugins.weights.download`),
-    or raise an :class:`InputError` that says how to provide the file by hand: the project's
-    machines are offline, users' often are not."""
-    return download(url, dest, sha256=sha256, what=what, hint=option_hint)
