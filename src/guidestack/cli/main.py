@@ -141,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from guidestack.engine.registry import default_registry
 
         registry = default_registry()
+        _warn_broken_plugins(registry, debug)
         args = build_parser(registry).parse_args(argv)
         return _dispatch(args, registry)
     except GuidestackError as exc:
@@ -159,6 +160,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _warn_broken_plugins(registry, debug: bool = False) -> None:
+    """One stderr line per plugin the registry skipped (``--debug``: with its traceback)."""
+    for broken in getattr(registry, "broken", ()):
+        if debug and broken.exception is not None:
+            traceback.print_exception(broken.exception, file=sys.stderr)
+        print(f"warning: {broken.message()}", file=sys.stderr)
 
 
 def _dispatch(args: argparse.Namespace, registry) -> int:
@@ -206,6 +215,9 @@ def _recipes(args: argparse.Namespace, registry) -> int:
     return 0
 
 
+LISTED_KINDS = ("stage", "prior", "prior_backend", "restorer", "degradation", "command")
+
+
 def plugins_listing(registry) -> list[dict[str, Any]]:
     from .plugins import plugin_api_version
 
@@ -217,7 +229,7 @@ def plugins_listing(registry) -> list[dict[str, Any]]:
             "version": info.get("version"),
         }
         entry["hook_api_version"] = plugin_api_version(info.get("module"))
-        for kind in ("stage", "prior", "prior_backend", "restorer", "degradation"):
+        for kind in LISTED_KINDS:
             names = info.get(kind, [])
             entry[kind + "s"] = [
                 {
@@ -228,7 +240,19 @@ def plugins_listing(registry) -> list[dict[str, Any]]:
                 }
                 for n in names
             ]
+        entry["broken"] = None
         out.append(entry)
+    for broken in getattr(registry, "broken", ()):  # skipped plugins: listed, contributing nothing
+        out.append(
+            {
+                "name": broken.name,
+                "module": broken.entry_point,
+                "version": broken.version,
+                "hook_api_version": None,
+                **{kind + "s": [] for kind in LISTED_KINDS},
+                "broken": broken.as_dict(),
+            }
+        )
     return out
 
 
@@ -246,7 +270,9 @@ def _plugins(args: argparse.Namespace, registry) -> int:
     for plugin in listing:
         version = f" {plugin['version']}" if plugin["version"] else ""
         print(f"{plugin['name']}{version} ({plugin['module']})")
-        for kind in ("stages", "priors", "prior_backends", "restorers", "degradations"):
+        if plugin["broken"]:
+            print(f"  BROKEN        {plugin['broken']['message']}")
+        for kind in (k + "s" for k in LISTED_KINDS):
             for item in plugin[kind]:
                 hooks = f" [{', '.join(item['hooks'])}]" if item["hooks"] else ""
                 print(f"  {kind[:-1]:<13} {item['name']:<22}{hooks} {item['description']}")
