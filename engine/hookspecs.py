@@ -20,8 +20,8 @@ exception raised in a hook becomes a ``StageError`` naming the stage, the hook a
 
 The engine calls run hooks itself, so that recipe order is the order that runs and a failure
 names its stage and step.  pluggy's ordering and wrapping options are therefore refused, not
-ignored (see :data:`REFUSED_OPTIONS`): a stage using one is an error when it is registered and
-when a run is assembled.  Hooks are found by method name: a method named like a hook without
+ignored (:data:`REFUSED_OPTIONS` says how to get each one's effect): a stage using one is an
+error when it is registered and when a run is assembled.  Hooks are found by method name: a method named like a hook without
 ``@hookimpl``, ``@hookimpl`` on a name that is not a run hook, and ``specname`` are refused too.
 """
 
@@ -55,15 +55,14 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 #: pluggy hookimpl options guidestack refuses, with how to get their effect.  Stages run in
 #: recipe order because the engine calls each implementation itself.
 REFUSED_OPTIONS = {
-    "tryfirst": "to run this stage's hook before the others, put its [[stage]] table first in "
+    "tryfirst": "To run this stage's hook before the others, put its [[stage]] table first in "
     "the recipe",
-    "trylast": "to run this stage's hook after the others, put its [[stage]] table last in the "
+    "trylast": "To run this stage's hook after the others, put its [[stage]] table last in the "
     "recipe",
-    "hookwrapper": "to act before and after the other stages' hook, implement the hook plainly "
-    "in two stages and put one [[stage]] table before the others and one after them in the "
-    "recipe",
-    "wrapper": "to act before and after the other stages' hook, implement the hook plainly in "
-    "two stages and put one [[stage]] table before the others and one after them in the recipe",
+    "hookwrapper": "To act before and after the other stages' hook, implement the hook plainly "
+    "in two stages, one [[stage]] table before the others and one after them",
+    "wrapper": "To act before and after the other stages' hook, implement the hook plainly in "
+    "two stages, one [[stage]] table before the others and one after them",
 }
 
 #: The loop, as ``guidestack.engine.sampler.run_stages`` runs it.  Each line calls the hook on

@@ -29,7 +29,7 @@ import pluggy
 from pydantic import BaseModel
 
 from . import hookspecs
-from .errors import PluginError
+from .errors import GuidestackError, PluginError
 from .stage import Stage, hook_problems
 
 ENTRY_POINT_GROUP = "guidestack"
@@ -240,9 +240,23 @@ class Registry:
 
     def add_recipes(self, folder: Traversable | Path) -> None:
         """Add a folder of ``*.toml`` recipes, e.g. ``importlib.resources.files(pkg) /
-        "recipes"`` (ship them as package data).  Recipe names are looked up built-ins first,
-        then plugins in load order; a name two plugins provide is an error naming both."""
-        self.recipe_folders.append((self.current_plugin, folder))
+        "recipes"`` (ship them as package data).  A recipe is named after its file; a name
+        another plugin already provides is an error naming both plugins (checked here, so the
+        later plugin is skipped instead of breaking every recipe lookup)."""
+        plugin = self.current_plugin
+        taken = {
+            name: other
+            for other, known in self.recipe_folders
+            if other != plugin
+            for name in _recipe_names(known)
+        }
+        for name in _recipe_names(folder):
+            if name in taken:
+                raise PluginError(
+                    f"recipe name '{name}' is provided by plugin '{taken[name]}' and by plugin "
+                    f"'{plugin}'. Uninstall or block one of them ({BLOCK_ENV}={plugin})."
+                )
+        self.recipe_folders.append((plugin, folder))
 
     # --- lookups ------------------------------------------------------------------------
 
@@ -257,6 +271,10 @@ class Registry:
         return None if entry is None else entry.obj
 
 
+def _recipe_names(folder: Traversable | Path) -> list[str]:
+    return [i.name[: -len(".toml")] for i in folder.iterdir() if i.name.endswith(".toml")]
+
+
 def blocked_from_env() -> set[str]:
     return {n.strip() for n in os.environ.get(BLOCK_ENV, "").split(",") if n.strip()}
 
@@ -268,6 +286,8 @@ def _is_hookimpl(obj: Any) -> bool:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, SystemExit):
         return "sys.exit()" if exc.code is None else f"sys.exit({exc.code!r})"
+    if isinstance(exc, GuidestackError):  # already a message for users
+        return str(exc)
     return f"{type(exc).__name__}: {exc}"
 
 

@@ -128,8 +128,8 @@ def hook_problems(cls: type) -> list[str]:
             if opts.get(option):
                 problems.append(
                     f"{where}: hook {hook} is marked @hookimpl({option}=True), which guidestack "
-                    "refuses: the engine calls every stage's hook itself in the order of the "
-                    f"recipe's [[stage]] tables, so {option} would be silently ignored; {advice} "
-                    "and drop the option"
+                    "refuses: the engine calls each stage's hook itself, in the order of the "
+                    f"recipe's [[stage]] tables, so {option} would be ignored. {advice}, and drop "
+                    "the option"
                 )
     return problems

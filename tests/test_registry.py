@@ -219,6 +219,12 @@ CASES = {
         "register",
         "stage name 'smooth-semantics' is registered twice",
     ),
+    "recipe-clash": (
+        "from pathlib import Path\n\ndef register(registry):\n"
+        "    registry.add_recipes(Path(__file__).parent / 'gs_test_recipes')\n",
+        "register",
+        "recipe name 'restore' is provided by plugin 'builtin' and by plugin 'recipe-clash'",
+    ),
     "future": (
         f"hook_api_version = {HOOK_API_VERSION + 1}\n\n"
         "def register(registry):\n    raise AssertionError('must not be called')\n",
@@ -259,6 +265,8 @@ def test_broken_plugin_is_recorded_and_the_others_keep_working(site, case):
     source, phase, error = CASES[case]
     install(site, "good", GOOD)
     module = install(site, case, source)
+    (site / "gs_test_recipes").mkdir()
+    (site / "gs_test_recipes" / "restore.toml").write_text('description = "shadows restore"\n')
     registry = load_registry()
     (broken,) = registry.broken
     assert broken.name == case and broken.entry_point == module
@@ -271,7 +279,7 @@ def test_broken_plugin_is_recorded_and_the_others_keep_working(site, case):
     assert registry.get("stage", "half-stage") is None
     assert registry.get("stage", "smooth-semantics").plugin == "builtin"
     assert registry.get("stage", "good-stage").plugin == "good"
-    assert "restore" in recipe_index(registry)
+    assert recipe_index(registry)["restore"][0] == "builtin"
     # blocking it gives a clean registry
     assert load_registry(blocked={case}).broken == []
 
@@ -345,6 +353,33 @@ def test_plugins_command_lists_broken_plugins(site, capsys):
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
     assert "exits" in out and "BROKEN" in out and "GUIDESTACK_BLOCK_PLUGINS=exits" in out
+
+
+def test_plugin_authors_see_broken_plugins_in_their_test_run(site):
+    """The gs_registry fixture warns, so a plugin's own tests say why its stages are missing."""
+    import os
+    import subprocess
+
+    install(site, "exits", CASES["exits"][0])
+    tests = site / "tests"
+    tests.mkdir()
+    (tests / "test_it.py").write_text(
+        "def test_registry(gs_registry):\n"
+        "    assert [b.name for b in gs_registry.broken] == ['exits']\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "GUIDESTACK_BLOCK_PLUGINS"}
+    env["PYTHONPATH"] = str(site)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=site,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "plugin 'exits' (gs_test_plugin_exits) was skipped" in done.stdout
+    assert "GUIDESTACK_BLOCK_PLUGINS=exits" in done.stdout
 
 
 # --- commands contributed by plugins ---------------------------------------------------------
