@@ -14,8 +14,9 @@ Two levels:
   a stage comes from).
 
 A stage implements any subset of the run hooks and may accept any subset of a hook's arguments
-(``def project(self, state)`` is fine); pluggy checks the argument names when a run's stages are
-assembled, so a misspelt argument is an error before the first step, naming the stage.  An
+(``def project(self, state)`` is fine); the argument names are checked when the stage is
+registered and again (by pluggy) when a run's stages are assembled, so a misspelt argument is an
+error before the first step, naming the stage.  An
 exception raised in a hook becomes a ``StageError`` naming the stage, the hook and the step.
 
 The engine calls run hooks itself, so that recipe order is the order that runs and a failure

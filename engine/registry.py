@@ -79,12 +79,13 @@ class BrokenPlugin:
         """One line a user can act on: the plugin, what failed, and how to block it."""
         cause = {
             "import": f"importing it failed with {self.error}",
+            "plugin module": f"it is not a usable plugin module: {self.error}",
             "register": "its register() failed (what it had registered was removed): " + self.error,
         }.get(self.phase, self.error)
         text = f"plugin '{self.name}' ({self.entry_point}) was skipped: {cause}".rstrip(".") + "."
         if self.block not in text:
             text += f" {self.advice}, or block it with {self.block}."
-        return text
+        return " ".join(text.split())  # one line, whatever the error's own layout
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -147,7 +148,7 @@ class Registry:
         implements run hooks as methods marked ``@hookimpl``.  Hooks that would not run as
         written are refused here with the reason (``tryfirst``, ``trylast``, ``hookwrapper``,
         ``wrapper``, ``specname``, a marked method that is no run hook, a hook method without
-        ``@hookimpl``).
+        ``@hookimpl``, an argument the loop does not pass).
         """
         problems = hook_problems(cls)
         if problems:

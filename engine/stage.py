@@ -7,7 +7,8 @@ it implements run-level hooks (see :mod:`guidestack.engine.hookspecs`) as method
 :func:`hook_problems` is what makes a stage's hooks mean what they say: the engine calls run hooks
 itself in recipe order, so anything pluggy would accept but the engine would not honour (ordering
 and wrapping options, ``specname``, a marked method that is no run hook, a hook method without the
-mark) is refused when a stage is registered and when a run's stages are assembled.
+mark, an argument the loop does not pass) is refused when a stage is registered and when a run's
+stages are assembled.
 """
 
 from __future__ import annotations
@@ -80,6 +81,19 @@ class Stage:
         return f"<stage {self.id} ({type(self).__name__})>"
 
 
+def _required_args(method: object) -> list[str]:
+    """Argument names a hook method needs from the loop (pluggy's rule: without ``self`` and
+    without arguments that have defaults)."""
+    params = list(inspect.signature(method).parameters.values())
+    if params and params[0].name in ("self", "cls"):
+        params = params[1:]
+    return [
+        p.name
+        for p in params
+        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+
+
 def hook_problems(cls: type) -> list[str]:
     """Why the run hooks of stage class ``cls`` would not run as written (empty: they would).
 
@@ -124,6 +138,13 @@ def hook_problems(cls: type) -> list[str]:
                 f"so it would never be called; run hooks: {', '.join(hookspecs.RUN_HOOKS)}"
             )
             continue
+        spec = list(inspect.signature(getattr(hookspecs, hook)).parameters)
+        unknown = [name for name in _required_args(method) if name not in spec]
+        if unknown:
+            problems.append(
+                f"{where}: hook {hook} takes {', '.join(unknown)}, which the loop does not pass; "
+                f"it passes {', '.join(spec)} (take any of them, by these names)"
+            )
         for option, advice in hookspecs.REFUSED_OPTIONS.items():
             if opts.get(option):
                 problems.append(

@@ -110,7 +110,15 @@ def test_misspelt_unmarked_and_renamed_hooks_are_refused():
         def register(self, registry):
             pass
 
+    class WrongArgument(Stage):
+        name = "wrong-argument"
+
+        @hookimpl
+        def project(self, stat):
+            pass
+
     expected = {
+        WrongArgument: ["hook project takes stat", "it passes ctx, state"],
         Misspelt: ["update_latnet", "did you mean update_latent"],
         Unmarked: ["project", "@hookimpl"],
         Renamed: ["specname", "name the method project"],
@@ -225,6 +233,20 @@ CASES = {
         "register",
         "recipe name 'restore' is provided by plugin 'builtin' and by plugin 'recipe-clash'",
     ),
+    "bad-signature": (
+        "from guidestack.engine.hookspecs import hookimpl\n\n"
+        "@hookimpl\ndef register(reg):\n    pass\n",
+        "plugin module",
+        "register",
+    ),
+    "module-hook": (
+        "from guidestack.engine.hookspecs import hookimpl\n\n"
+        "def register(registry):\n    pass\n\n"
+        "@hookimpl\ndef update_latent(ctx, state):\n    pass\n",
+        "plugin module",
+        "run hooks are methods of a Stage subclass",
+    ),
+    "no-register": ("x = 1\n", "plugin module", "no register(registry) function"),
     "future": (
         f"hook_api_version = {HOOK_API_VERSION + 1}\n\n"
         "def register(registry):\n    raise AssertionError('must not be called')\n",
@@ -272,6 +294,7 @@ def test_broken_plugin_is_recorded_and_the_others_keep_working(site, case):
     assert broken.name == case and broken.entry_point == module
     assert phase in broken.phase and error in broken.error, broken
     assert f"GUIDESTACK_BLOCK_PLUGINS={case}" in broken.message()
+    assert "\n" not in broken.message()
     assert f"plugin '{case}'" in broken.message()
     # nothing of the broken plugin is left, everything else is there
     assert case not in registry.plugins
