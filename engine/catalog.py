@@ -19,7 +19,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
-from . import hookspecs
+from . import hookdoc, hookspecs
 from .errors import RecipeError, UsageError
 from .registry import Registry
 
@@ -118,10 +118,8 @@ def plugin_api_version(module_name: str | None) -> int | None:
 
 
 def hook_summary(hook: str) -> str:
-    """The first sentence of a hook's documentation in :mod:`.hookspecs`."""
-    doc = inspect.getdoc(getattr(hookspecs, hook, None)) or ""
-    paragraph = " ".join(doc.split("\n\n")[0].split()).replace("``", "`")
-    return _SENTENCE_END.split(paragraph, maxsplit=1)[0].rstrip(".")
+    """The first sentence of a hook's documentation in :mod:`.hookspecs` (Markdown quotes)."""
+    return hookdoc.hook_summary(hook).replace("``", "`")
 
 
 def _uses(node: Any, name: str, path: str) -> list[str]:
@@ -280,7 +278,19 @@ def plugins_listing(registry: Registry) -> list[dict[str, Any]]:
                 }
                 for n in info.get(kind, [])
             ]
+        entry["broken"] = None
         out.append(entry)
+    for broken in registry.broken:  # skipped plugins: listed, contributing nothing
+        out.append(
+            {
+                "name": broken.name,
+                "module": broken.entry_point,
+                "version": broken.version,
+                "hook_api_version": None,
+                **{kind + "s": [] for kind in LISTED_KINDS},
+                "broken": broken.as_dict(),
+            }
+        )
     return out
 
 

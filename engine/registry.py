@@ -1,15 +1,23 @@
-"""The package-level registry: every named stage, prior, restorer and recipe folder.
+"""The package-level registry: every named stage, prior, restorer, command and recipe folder.
 
 Plugins fill it through the ``register(registry)`` hook (see :mod:`.hookspecs`).  Built-in
 plugins are registered first, then every entry point of the ``guidestack`` group.  Names are
 unique across plugins: a clash is an error naming both plugins, never a silent override.
 ``GUIDESTACK_BLOCK_PLUGINS=a,b`` (or ``blocked=``) skips plugins by name.
+
+A broken plugin never takes the others down: :func:`load_registry` records a plugin that fails
+to import (``sys.exit`` included), declares a newer hook API, is not a valid plugin module, or
+whose ``register`` raises, in :attr:`Registry.broken` (name, entry point, cause, how to block
+it), removes whatever it had registered, and goes on.  Only ``KeyboardInterrupt`` gets through.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import inspect
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -21,12 +29,15 @@ import pluggy
 from pydantic import BaseModel
 
 from . import hookspecs
-from .errors import PluginError
-from .stage import Stage
+from .errors import GuidestackError, PluginError
+from .stage import Stage, hook_problems
 
 ENTRY_POINT_GROUP = "guidestack"
 BLOCK_ENV = "GUIDESTACK_BLOCK_PLUGINS"
 BUILTIN_PLUGINS = ("guidestack.plugins.builtin",)
+#: commands of guidestack itself; a plugin command may not take these names
+CORE_COMMANDS = ("run", "recipes", "plugins", "validate", "explain", "new-plugin")
+COMMAND_NAME = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 
 
 @dataclass
@@ -43,8 +54,54 @@ class Entry:
 
 
 @dataclass
+class BrokenPlugin:
+    """A plugin :func:`load_registry` skipped: which, where, at what phase, and why.
+
+    ``phase`` is ``"import"``, ``"hook API version"``, ``"plugin module"`` (not a valid plugin
+    module) or ``"register"``; ``error`` is the cause (``"ModuleNotFoundError: No module named
+    'x'"``, ``"sys.exit(0)"``...); ``exception`` the exception itself, for tracebacks.
+    """
+
+    name: str
+    entry_point: str
+    phase: str
+    error: str
+    advice: str = "Fix or reinstall it"
+    version: str | None = None
+    exception: BaseException | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def block(self) -> str:
+        """The environment setting that skips this plugin."""
+        return f"{BLOCK_ENV}={self.name}"
+
+    def message(self) -> str:
+        """One line a user can act on: the plugin, what failed, and how to block it."""
+        cause = {
+            "import": f"importing it failed with {self.error}",
+            "plugin module": f"it is not a usable plugin module: {self.error}",
+            "register": "its register() failed (what it had registered was removed): " + self.error,
+        }.get(self.phase, self.error)
+        text = f"plugin '{self.name}' ({self.entry_point}) was skipped: {cause}".rstrip(".") + "."
+        if self.block not in text:
+            text += f" {self.advice}, or block it with {self.block}."
+        return " ".join(text.split())  # one line, whatever the error's own layout
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "phase": self.phase,
+            "error": self.error,
+            "message": self.message(),
+            "block": self.block,
+        }
+
+
+@dataclass
 class Registry:
-    """Named stages, priors, restorers and degradations, plus recipe folders."""
+    """Named stages, priors, restorers, degradations and commands, plus recipe folders.
+
+    ``broken`` lists the plugins :func:`load_registry` skipped (see :class:`BrokenPlugin`).
+    """
 
     entries: dict[str, dict[str, Entry]] = field(
         default_factory=lambda: {
@@ -59,6 +116,7 @@ class Registry:
     )
     recipe_folders: list[tuple[str, Traversable | Path]] = field(default_factory=list)
     plugins: dict[str, dict[str, Any]] = field(default_factory=dict)
+    broken: list[BrokenPlugin] = field(default_factory=list)
     #: the plugin whose ``register`` hook is running (set by :func:`load_registry`)
     current_plugin: str = "<direct>"
 
@@ -74,11 +132,32 @@ class Registry:
         table[entry.name] = entry
         self.plugins.setdefault(entry.plugin, {}).setdefault(entry.kind, []).append(entry.name)
 
+    def _remove_plugin(self, plugin: str) -> None:
+        """Forget everything ``plugin`` registered (its ``register`` failed half way)."""
+        for table in self.entries.values():
+            for name in [n for n, e in table.items() if e.plugin == plugin]:
+                del table[name]
+        self.recipe_folders = [(p, f) for p, f in self.recipe_folders if p != plugin]
+        self.plugins.pop(plugin, None)
+
     def add_stage(self, cls: type[Stage]) -> None:
-        """Register a :class:`Stage` subclass under ``cls.name``."""
-        hooks = tuple(
-            h for h in hookspecs.RUN_HOOKS if hasattr(getattr(cls, h, None), "guidestack_impl")
-        )
+        """Register a ``Stage`` subclass under ``cls.name``: what a recipe's ``[[stage]] use =
+        "name"`` makes, one instance per table and per run.
+
+        The class declares ``name``, a one-line ``description``, an ``Options`` model (derived
+        from ``StageOptions``, or ``GuidanceOptions`` for stages returning a loss) and
+        implements run hooks as methods marked ``@hookimpl``.  Hooks that would not run as
+        written are refused here with the reason (``tryfirst``, ``trylast``, ``hookwrapper``,
+        ``wrapper``, ``specname``, a marked method that is no run hook, a hook method without
+        ``@hookimpl``, an argument the loop does not pass).
+        """
+        problems = hook_problems(cls)
+        if problems:
+            raise PluginError(
+                f"plugin '{self.current_plugin}' cannot register stage '{getattr(cls, 'name', '?')}'"
+                f": {'; '.join(problems)}"
+            )
+        hooks = tuple(h for h in hookspecs.RUN_HOOKS if _is_hookimpl(getattr(cls, h, None)))
         self._add(
             Entry("stage", cls.name, cls, cls.Options, cls.description, self.current_plugin, hooks)
         )
@@ -90,7 +169,8 @@ class Registry:
         description: str,
         options: type[BaseModel] | None = None,
     ) -> None:
-        """Register a prior: ``factory(device=..., dtype=..., **options)`` returns a Prior."""
+        """Register a named prior (``--prior NAME``, a recipe's ``[prior] name``):
+        ``factory(device=..., dtype=..., **options)`` returns a ``Prior``."""
         self._add(Entry("prior", name, factory, options, description, self.current_plugin))
 
     def add_prior_backend(
@@ -110,13 +190,17 @@ class Registry:
         )
 
     def add_restorer(self, cls: type) -> None:
-        """Register a restorer class (``name``, ``description``, ``Options``)."""
+        """Register a restorer class (``name``, ``description``, ``Options``; ``restore(y,
+        x_t=None, t=None)``, ``depends_on_t``), referenced from stage options as ``{ use =
+        "name", ... }``."""
         self._add(
             Entry("restorer", cls.name, cls, cls.Options, cls.description, self.current_plugin)
         )
 
     def add_degradation(self, cls: type) -> None:
-        """Register a degradation operator class (``name``, ``description``, ``Options``)."""
+        """Register a degradation operator class (``name``, ``description``, ``Options``; see
+        ``guidestack.plugins.degradations.base.Degradation``: ``forward``, ``measure``,
+        ``simulate``), used by ``guidestack degrade`` and ``bench``."""
         self._add(
             Entry("degradation", cls.name, cls, cls.Options, cls.description, self.current_plugin)
         )
@@ -138,15 +222,53 @@ class Registry:
         """Register a ``guidestack NAME`` command (llm's ``register_commands``, for argparse).
 
         ``configure(parser)`` adds the command's arguments to its ``argparse`` sub-parser (it may
-        add sub-commands); ``run(args, registry)`` does the work and returns the exit code.  The
-        CLI calls ``configure`` only while building its parser and ``run`` only when the command
-        is used, so a command's heavy imports belong inside ``run``.
+        add sub-commands); ``run(args, registry)`` does the work and returns the exit code.
+        ``configure`` runs once here on a scratch parser, so a broken one fails at registration,
+        and again when the CLI builds its parser; ``run`` only when the command is used, so a
+        command's heavy imports belong inside ``run``.  ``NAME`` is lowercase words joined by
+        dashes and may not be a core command (``run``, ``recipes``, ``plugins``, ``validate``,
+        ``explain``, ``new-plugin``) or another plugin's command.
         """
-        self._add(Entry("command", name, (configure, run), None, description, self.current_plugin))
+        plugin = self.current_plugin
+        if not isinstance(name, str) or not COMMAND_NAME.match(name):
+            raise PluginError(
+                f"plugin '{plugin}' cannot register command {name!r}: a command name is lowercase "
+                "letters and digits, words joined by single dashes (e.g. mirror-score)"
+            )
+        if name in CORE_COMMANDS:
+            raise PluginError(
+                f"plugin '{plugin}' cannot register command '{name}': '{name}' is a "
+                f"guidestack command (core commands: {', '.join(CORE_COMMANDS)}); choose another "
+                "name"
+            )
+        try:
+            configure(argparse.ArgumentParser(prog=f"guidestack {name}"))
+        except Exception as exc:  # noqa: BLE001 - reported with the plugin's name
+            raise PluginError(
+                f"plugin '{plugin}' cannot register command '{name}': its configure(parser) failed "
+                f"with {type(exc).__name__}: {exc}"
+            ) from exc
+        self._add(Entry("command", name, (configure, run), None, description, plugin))
 
     def add_recipes(self, folder: Traversable | Path) -> None:
-        """Add a folder of ``*.toml`` recipes (e.g. ``importlib.resources.files(pkg)``)."""
-        self.recipe_folders.append((self.current_plugin, folder))
+        """Add a folder of ``*.toml`` recipes, e.g. ``importlib.resources.files(pkg) /
+        "recipes"`` (ship them as package data).  A recipe is named after its file; a name
+        another plugin already provides is an error naming both plugins (checked here, so the
+        later plugin is skipped instead of breaking every recipe lookup)."""
+        plugin = self.current_plugin
+        taken = {
+            name: other
+            for other, known in self.recipe_folders
+            if other != plugin
+            for name in _recipe_names(known)
+        }
+        for name in _recipe_names(folder):
+            if name in taken:
+                raise PluginError(
+                    f"recipe name '{name}' is provided by plugin '{taken[name]}' and by plugin "
+                    f"'{plugin}'. Uninstall or block one of them ({BLOCK_ENV}={plugin})."
+                )
+        self.recipe_folders.append((plugin, folder))
 
     # --- lookups ------------------------------------------------------------------------
 
@@ -161,75 +283,181 @@ class Registry:
         return None if entry is None else entry.obj
 
 
+def _recipe_names(folder: Traversable | Path) -> list[str]:
+    return [i.name[: -len(".toml")] for i in folder.iterdir() if i.name.endswith(".toml")]
+
+
 def blocked_from_env() -> set[str]:
     return {n.strip() for n in os.environ.get(BLOCK_ENV, "").split(",") if n.strip()}
 
 
+def _is_hookimpl(obj: Any) -> bool:
+    return isinstance(getattr(obj, hookspecs.PROJECT + "_impl", None), dict)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return "sys.exit()" if exc.code is None else f"sys.exit({exc.code!r})"
+    if isinstance(exc, GuidestackError):  # already a message for users
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
 def load_registry(blocked: set[str] | None = None, entry_points: bool = True) -> Registry:
-    """Build a fresh registry from the built-in plugins and installed entry points."""
+    """Build a fresh registry from the built-in plugins and installed entry points.
+
+    A plugin that cannot be used is recorded in ``registry.broken`` and skipped (see the module
+    docstring); blocked plugins are not even imported.
+    """
     blocked = blocked_from_env() if blocked is None else set(blocked)
     manager = pluggy.PluginManager(hookspecs.PROJECT)
     manager.add_hookspecs(hookspecs)
     registry = Registry()
-    modules: list[tuple[str, Any]] = []
-    for module_name in BUILTIN_PLUGINS:
-        name = module_name.rsplit(".", 1)[-1]
-        if name not in blocked:
-            modules.append((name, importlib.import_module(module_name)))
+    candidates: list[tuple[str, str, Callable[[], Any], str | None]] = [
+        (m.rsplit(".", 1)[-1], m, lambda m=m: importlib.import_module(m), None)
+        for m in BUILTIN_PLUGINS
+    ]
     if entry_points:
         for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
-            if ep.name in blocked:
-                continue
-            try:
-                module = ep.load()
-            except Exception as exc:  # noqa: BLE001 - a broken plugin must say which it is
-                raise PluginError(
-                    f"plugin '{ep.name}' ({ep.value}) failed to import: {type(exc).__name__}: {exc}. "
-                    f"Reinstall it, or block it with {BLOCK_ENV}={ep.name}."
-                ) from exc
-            check_api_version(ep.name, module)
-            modules.append((ep.name, module))
-    for name, module in modules:
-        try:
-            manager.register(module, name=name)
-        except (ValueError, pluggy.PluginValidationError) as exc:
-            raise PluginError(f"plugin '{name}' cannot be registered: {exc}") from exc
-        registry.current_plugin = name
-        impl = getattr(module, "register", None)
-        if impl is not None:
-            impl(registry=registry)
-        registry.plugins.setdefault(name, {})
-        registry.plugins[name]["module"] = getattr(module, "__name__", str(module))
-        registry.plugins[name]["version"] = _dist_version(module)
-    registry.current_plugin = "<direct>"
+            dist = getattr(ep, "dist", None)
+            candidates.append((ep.name, ep.value, ep.load, getattr(dist, "version", None)))
+    for name, where, load, version in candidates:
+        if name in blocked:
+            continue
+        failure = _load_plugin(registry, manager, name, load, version)
+        if failure is not None:
+            phase, error, exc, advice = failure
+            registry.broken.append(
+                BrokenPlugin(name, where, phase, error, advice, version, exception=exc)
+            )
     return registry
 
 
-def check_api_version(name: str, module: Any) -> None:
-    """Refuse a plugin built for a newer hook API than this guidestack provides.
+def _load_plugin(
+    registry: Registry,
+    manager: pluggy.PluginManager,
+    name: str,
+    load: Callable[[], Any],
+    version: str | None,
+) -> tuple[str, str, BaseException | None, str] | None:
+    """Import, check and register one plugin; ``(phase, error, exception, advice)`` if it is
+    broken (then nothing of it is left in ``registry`` or ``manager``), else ``None``."""
+    try:
+        module = load()
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - KeyboardInterrupt gets through
+        return "import", _describe(exc), exc, "Fix or reinstall it"
+    api = api_version_problem(module)
+    if api is not None:
+        return "hook API version", api[0], None, api[1]
+    problems = module_problems(module)
+    if not problems:
+        try:
+            manager.register(module, name=name)
+        except (ValueError, pluggy.PluginValidationError) as exc:
+            problems = [str(exc)]
+    if problems:
+        return "plugin module", "; ".join(problems), None, "Fix it"
+    registry.current_plugin = name
+    try:
+        module.register(registry=registry)
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - KeyboardInterrupt gets through
+        registry._remove_plugin(name)
+        manager.unregister(name=name)
+        return "register", _describe(exc), exc, "Fix it"
+    finally:
+        registry.current_plugin = "<direct>"
+    info = registry.plugins.setdefault(name, {})
+    info["module"] = getattr(module, "__name__", str(module))
+    info["version"] = version or _dist_version(module)  # an entry point knows its distribution
+    return None
+
+
+def module_problems(module: Any) -> list[str]:
+    """Why ``module`` is not a usable plugin module (empty: it is).
+
+    It must have a ``register(registry)`` function; ``@hookimpl`` functions at module level other
+    than ``register`` (run hooks are ``Stage`` methods) and ordering or wrapping options on
+    ``register`` (plugins register in load order) would be silently ignored, so they are refused.
+    """
+    problems = []
+    register = getattr(module, "register", None)
+    if not callable(register):
+        problems.append(
+            "it has no register(registry) function, so it would add nothing; define one (see "
+            "docs/hooks.md)"
+        )
+    for attr in dir(module):
+        function = getattr(module, attr, None)
+        if not inspect.isroutine(function) or not _is_hookimpl(function):
+            continue
+        opts = getattr(function, hookspecs.PROJECT + "_impl")
+        hook = opts.get("specname") or attr
+        if hook not in hookspecs.PACKAGE_HOOKS:
+            problems.append(
+                f"module-level function {attr} is marked @hookimpl for {hook}, which is not a "
+                "package-level hook; run hooks are methods of a Stage subclass the plugin "
+                "registers with registry.add_stage"
+            )
+        elif attr != hook:
+            problems.append(
+                f"function {attr} uses @hookimpl(specname={hook!r}); name the function {hook}"
+            )
+        else:
+            refused = [o for o in hookspecs.REFUSED_OPTIONS if opts.get(o)]
+            if refused:
+                problems.append(
+                    f"register is marked @hookimpl({refused[0]}=True), which guidestack refuses: "
+                    "plugins register once each, in load order (built-ins first), and register "
+                    "is called directly; drop the option"
+                )
+    return problems
+
+
+def api_version_problem(module: Any) -> tuple[str, str] | None:
+    """``(reason, advice)`` if ``module`` declares a hook API this guidestack cannot serve.
 
     A plugin module declares the API it was written against as ``hook_api_version = N``
-    (:data:`.hookspecs.HOOK_API_VERSION` when it was built); without one the current API is assumed.
+    (:data:`.hookspecs.HOOK_API_VERSION` when it was built); without one the current API is
+    assumed.
     """
     wanted = getattr(module, "hook_api_version", hookspecs.HOOK_API_VERSION)
-    where = getattr(module, "__name__", repr(module))
     if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 1:
-        raise PluginError(
-            f"plugin '{name}' ({where}) declares hook_api_version = {wanted!r}; it must be a "
-            f"positive integer (this guidestack provides {hookspecs.HOOK_API_VERSION}). Fix the "
-            f"plugin, or block it with {BLOCK_ENV}={name}."
+        return (
+            f"it declares hook_api_version = {wanted!r}; it must be a positive integer (this "
+            f"guidestack provides {hookspecs.HOOK_API_VERSION})",
+            "Fix the plugin",
         )
     if wanted > hookspecs.HOOK_API_VERSION:
+        return (
+            f"it was built for guidestack hook API version {wanted}, but this guidestack "
+            f"provides hook API version {hookspecs.HOOK_API_VERSION}",
+            "Upgrade guidestack, install an older release of the plugin",
+        )
+    return None
+
+
+def check_api_version(name: str, module: Any) -> None:
+    """Raise :class:`PluginError` if ``module`` declares a hook API this guidestack cannot
+    serve (for code that registers a plugin module itself, e.g. ``guidestack.testing``)."""
+    problem = api_version_problem(module)
+    if problem is not None:
+        reason, advice = problem
+        where = getattr(module, "__name__", repr(module))
         raise PluginError(
-            f"plugin '{name}' ({where}) was built for guidestack hook API version {wanted}, but "
-            f"this guidestack provides hook API version {hookspecs.HOOK_API_VERSION}. Upgrade "
-            f"guidestack, install an older release of the plugin, or block it with "
-            f"{BLOCK_ENV}={name}."
+            f"plugin '{name}' ({where}): {reason}. {advice}, or block it with {BLOCK_ENV}={name}."
         )
 
 
 def _dist_version(module: Any) -> str | None:
+    """The version of the distribution providing ``module`` (a distribution named like the
+    top-level package is asked first: scanning every installed distribution takes ~0.5 s)."""
     top = getattr(module, "__name__", "").split(".")[0]
+    if not top:
+        return None
+    try:
+        return metadata.version(top)
+    except metadata.PackageNotFoundError:
+        pass
     for dist in metadata.packages_distributions().get(top, []):
         try:
             return metadata.version(dist)

@@ -3,16 +3,27 @@
 A stage class declares its ``name``, a one-line ``description`` and an ``Options`` pydantic model;
 it implements run-level hooks (see :mod:`guidestack.engine.hookspecs`) as methods marked with
 ``@hookimpl``.  The engine creates one instance per recipe entry and per run.
+
+:func:`hook_problems` is what makes a stage's hooks mean what they say: the engine calls run hooks
+itself in recipe order, so anything pluggy would accept but the engine would not honour (ordering
+and wrapping options, ``specname``, a marked method that is no run hook, a hook method without the
+mark, an argument the loop does not pass) is refused when a stage is registered and when a run's
+stages are assembled.
 """
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from typing import ClassVar
 
 from pydantic import Field
 
+from . import hookspecs
 from .config import StrictModel
 from .context import RunContext
+
+_MARK = hookspecs.PROJECT + "_impl"
 
 
 class StageOptions(StrictModel):
@@ -68,3 +79,78 @@ class Stage:
 
     def __repr__(self) -> str:
         return f"<stage {self.id} ({type(self).__name__})>"
+
+
+def _required_args(method: object) -> list[str]:
+    """Argument names a hook method needs from the loop (pluggy's rule: without ``self`` and
+    without arguments that have defaults)."""
+    params = list(inspect.signature(method).parameters.values())
+    if params and params[0].name in ("self", "cls"):
+        params = params[1:]
+    return [
+        p.name
+        for p in params
+        if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+
+
+def hook_problems(cls: type) -> list[str]:
+    """Why the run hooks of stage class ``cls`` would not run as written (empty: they would).
+
+    Each message names the class, the method and what to do instead.  Cheap (one pass over the
+    class's attributes), so it runs for every run's stages.
+    """
+    where = f"stage class {cls.__module__}.{cls.__qualname__}"
+    problems: list[str] = []
+    for attr in dir(cls):
+        if attr.startswith("__"):
+            continue
+        method = getattr(cls, attr, None)
+        if not inspect.isroutine(method):
+            continue
+        opts = getattr(method, _MARK, None)
+        if not isinstance(opts, dict):
+            if attr in hookspecs.RUN_HOOKS:
+                problems.append(
+                    f"{where}: method {attr} is named like the run hook {attr} but lacks "
+                    "@hookimpl, so it would never be called; decorate it with @hookimpl from "
+                    "guidestack.engine.hookspecs"
+                )
+            continue
+        hook = opts.get("specname") or attr
+        if hook != attr:
+            problems.append(
+                f"{where}: method {attr} uses @hookimpl(specname={hook!r}); guidestack finds "
+                f"hooks by method name: name the method {hook} instead"
+            )
+            continue
+        if hook in hookspecs.PACKAGE_HOOKS:
+            problems.append(
+                f"{where}: method {hook} is marked @hookimpl, but {hook} is a package-level hook: "
+                "a module-level function of the plugin module, never a stage method"
+            )
+            continue
+        if hook not in hookspecs.RUN_HOOKS:
+            close = difflib.get_close_matches(hook, hookspecs.RUN_HOOKS, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            problems.append(
+                f"{where}: method {hook} is marked @hookimpl but {hook} is not a run hook{hint}, "
+                f"so it would never be called; run hooks: {', '.join(hookspecs.RUN_HOOKS)}"
+            )
+            continue
+        spec = list(inspect.signature(getattr(hookspecs, hook)).parameters)
+        unknown = [name for name in _required_args(method) if name not in spec]
+        if unknown:
+            problems.append(
+                f"{where}: hook {hook} takes {', '.join(unknown)}, which the loop does not pass; "
+                f"it passes {', '.join(spec)} (take any of them, by these names)"
+            )
+        for option, advice in hookspecs.REFUSED_OPTIONS.items():
+            if opts.get(option):
+                problems.append(
+                    f"{where}: hook {hook} is marked @hookimpl({option}=True), which guidestack "
+                    "refuses: the engine calls each stage's hook itself, in the order of the "
+                    f"recipe's [[stage]] tables, so {option} would be ignored. {advice}, and drop "
+                    "the option"
+                )
+    return problems

@@ -15,7 +15,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import GuidestackError, RecipeError, StageError
-from .stage import Stage
+from .stage import Stage, hook_problems
 
 
 class StageSet:
@@ -27,6 +27,10 @@ class StageSet:
         self.manager.add_hookspecs(hookspecs)
         problems: list[tuple[str, str]] = []
         for index, stage in enumerate(self.stages):
+            refused = hook_problems(type(stage))  # options pluggy accepts but we would ignore
+            if refused:
+                problems += [(f"stage[{index}]", problem) for problem in refused]
+                continue
             try:
                 self.manager.register(stage, name=f"{index}:{stage.id}")
             except pluggy.PluginValidationError as exc:

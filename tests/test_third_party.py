@@ -1,7 +1,7 @@
 """A real third-party plugin package, end to end: examples/guidestack-plugin-example is
 pip-installed (offline, from its folder) into a temporary target directory, and fresh
 ``guidestack`` processes that see it through PYTHONPATH list it, explain it, validate and run its
-recipe, run its own tests and block it.  Nothing is installed into the running environment, so
+recipe, run the command it contributes, run its own tests and block it.  Nothing is installed into the running environment, so
 the rest of the suite never sees the plugin.
 
 The CLI processes are independent, so they run concurrently (each one imports torch)."""
@@ -74,6 +74,22 @@ def environment(*paths: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def write_mirror_pair(folder: Path) -> tuple[Path, Path]:
+    """An example face and the same face made exactly left-right symmetric (left half mirrored)."""
+    from PIL import Image
+
+    face = Image.open(EXAMPLES / "astronaut.png").convert("RGB")
+    width, height = face.size
+    left = face.crop((0, 0, width // 2, height))
+    symmetric = Image.new("RGB", (2 * (width // 2), height))
+    symmetric.paste(left, (0, 0))
+    symmetric.paste(left.transpose(Image.Transpose.FLIP_LEFT_RIGHT), (width // 2, 0))
+    folder.mkdir(parents=True, exist_ok=True)
+    face.save(folder / "face.png")
+    symmetric.save(folder / "symmetric.png")
+    return folder / "face.png", folder / "symmetric.png"
+
+
 def write_future_plugin(site: Path) -> None:
     """A hand-made installed distribution whose plugin needs a hook API newer than ours."""
     dist = site / "guidestack_future-1.0.dist-info"
@@ -100,6 +116,7 @@ def outcomes(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     )
     gs = [sys.executable, "-m", "guidestack"]
     face = str(EXAMPLES / "astronaut_degraded.png")
+    pair = [str(p) for p in write_mirror_pair(root / "pair")]
     jobs = {
         "plugins": (gs + ["plugins", "--json"], environment(site)),
         "blocked": (
@@ -118,6 +135,11 @@ def outcomes(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
         ),
         "blocked-run": (
             gs + ["validate", "symmetric-faces"],
+            environment(site, GUIDESTACK_BLOCK_PLUGINS="example"),
+        ),
+        "command": (gs + ["mirror-score", *pair, "--json"], environment(site)),
+        "blocked-command": (
+            gs + ["mirror-score", *pair],
             environment(site, GUIDESTACK_BLOCK_PLUGINS="example"),
         ),
         "tests": (
@@ -174,6 +196,8 @@ def test_plugins_json_lists_the_example(outcomes):
         "description": sigma["description"],
     }
     assert stages["ilvr"]["options"]["window"]["default"] == [-1, 1000]
+    assert [c["name"] for c in example["commands"]] == ["mirror-score"]
+    assert example["broken"] is None
     assert "builtin" in listing
 
 
@@ -203,6 +227,18 @@ def test_recipe_runs_on_the_offline_prior(outcomes):
     assert report["recipe"]["stage"][1]["use"] == "mirror-symmetry"
 
 
+def test_the_plugin_command_runs(outcomes):
+    """`guidestack mirror-score`, contributed by the installed example through add_command."""
+    rows = json.loads(ok(outcomes["command"]))
+    assert [Path(r["path"]).name for r in rows] == ["face.png", "symmetric.png"]
+    face, symmetric = (r["score"] for r in rows)
+    assert symmetric == 0.0 and 1e-3 < face < 4.0
+    from PIL import Image
+
+    assert rows[0]["size"] == list(Image.open(EXAMPLES / "astronaut.png").size)
+    assert outcomes["command"].stderr == ""  # no plugin warnings
+
+
 def test_example_package_tests_pass_with_guidestack_fixtures(outcomes):
     out = ok(outcomes["tests"])
     assert " passed" in out and "failed" not in out
@@ -214,10 +250,13 @@ def test_blocked_plugin_is_gone(outcomes):
     blocked = outcomes["blocked-run"]
     assert blocked.returncode == 2
     assert "unknown recipe 'symmetric-faces'" in blocked.stderr
+    command = outcomes["blocked-command"]
+    assert command.returncode == 2 and "invalid choice: 'mirror-score'" in command.stderr
 
 
-def test_plugin_for_a_newer_hook_api_is_refused_clearly(tmp_path, monkeypatch, capsys):
-    """Through the CLI (exit 2, one paragraph), and blocking it brings guidestack back."""
+def test_plugin_for_a_newer_hook_api_is_skipped_clearly(tmp_path, monkeypatch, capsys):
+    """The CLI warns (one line naming the plugin, the versions and how to block it) and works;
+    blocking it silences the warning."""
     from guidestack.cli.main import main
     from guidestack.engine import registry as registry_module
 
@@ -226,17 +265,18 @@ def test_plugin_for_a_newer_hook_api_is_refused_clearly(tmp_path, monkeypatch, c
     monkeypatch.setattr(registry_module, "_DEFAULT", None)  # the CLI's process-wide registry
     monkeypatch.delenv("GUIDESTACK_BLOCK_PLUGINS", raising=False)
     try:
-        assert main(["plugins"]) == 2
-        message = capsys.readouterr().err
-        assert (
-            f"was built for guidestack hook API version {hookspecs.HOOK_API_VERSION + 1}" in message
-        )
-        assert f"provides hook API version {hookspecs.HOOK_API_VERSION}" in message
-        assert "GUIDESTACK_BLOCK_PLUGINS=future" in message and "Traceback" not in message
-        with pytest.raises(PluginError, match="'future'"):
-            load_registry(blocked=set())
+        assert main(["recipes"]) == 0
+        captured = capsys.readouterr()
+        assert "restore" in captured.out
+        (line,) = captured.err.splitlines()
+        assert line.startswith("warning: plugin 'future' (guidestack_future_plugin) was skipped")
+        assert f"built for guidestack hook API version {hookspecs.HOOK_API_VERSION + 1}" in line
+        assert f"provides hook API version {hookspecs.HOOK_API_VERSION}" in line
+        assert "GUIDESTACK_BLOCK_PLUGINS=future" in line
+        (broken,) = load_registry(blocked=set()).broken
+        assert (broken.name, broken.phase) == ("future", "hook API version")
         registry = load_registry(blocked={"future"})
-        assert "future" not in registry.plugins and "restore" in recipe_index(registry)
+        assert registry.broken == [] and "restore" in recipe_index(registry)
     finally:
         sys.modules.pop("guidestack_future_plugin", None)
 

@@ -406,10 +406,16 @@ def pytest_report_header(config: pytest.Config) -> str:
 def gs_registry() -> Registry:
     """Built-ins plus every installed plugin (``GUIDESTACK_BLOCK_PLUGINS`` honoured).
 
-    Shared by the session: do not add to it; build your own with :func:`registry_with`."""
+    Shared by the session: do not add to it; build your own with :func:`registry_with`.
+    Plugins the registry skipped as broken (your own, perhaps) are reported as warnings."""
+    import warnings
+
     from guidestack.engine.registry import load_registry
 
-    return load_registry()
+    registry = load_registry()
+    for broken in registry.broken:
+        warnings.warn(broken.message(), stacklevel=2)
+    return registry
 
 
 @pytest.fixture

@@ -3,13 +3,20 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
+from guidestack.cli.main import main
 from guidestack.engine.errors import RecipeError
 from guidestack.engine.recipe import recipe_index
+from guidestack.io.images import read_image
 from guidestack.testing import make_recipe, registry_with
+from PIL import Image
 
 from guidestack_example import plugin
+from guidestack_example.command import mirror_score
 from guidestack_example.ilvr import low_pass
 from guidestack_example.symmetry import asymmetry
 
@@ -20,6 +27,44 @@ def test_installed_plugin_is_discovered(gs_registry):
     assert gs_registry.get("stage", "mirror-symmetry").plugin == "example"
     assert gs_registry.get("stage", "ilvr").hooks == ("project",)
     assert recipe_index(gs_registry)["symmetric-faces"][0] == "example"
+
+
+def test_installed_plugin_adds_its_command(gs_registry):
+    assert gs_registry.get("command", "mirror-score").plugin == "example"
+
+
+def write_png(path, face: torch.Tensor) -> str:
+    """Save a ``[3, H, W]`` image in [-1, 1] as an 8-bit PNG."""
+    pixels = ((face + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(path)
+    return str(path)
+
+
+def test_mirror_score_command(tmp_path, capsys, gs_faces):
+    face = write_png(tmp_path / "face.png", gs_faces[0])
+    half = gs_faces[0][..., :8]
+    mirrored = write_png(tmp_path / "mirrored.png", torch.cat([half, half.flip(-1)], dim=-1))
+    halves = torch.full_like(gs_faces[0], -0.5)
+    halves[..., 8:] = 0.5
+    two_tone = write_png(tmp_path / "two-tone.png", halves)
+
+    assert main(["mirror-score", face, mirrored, two_tone, "--json"]) == 0
+    scores = [row["score"] for row in json.loads(capsys.readouterr().out)]
+    expected = mirror_score(read_image(face).tensor[None])
+    assert scores[0] == pytest.approx(float(expected[0]), rel=1e-6) and scores[0] > 1e-3
+    assert scores[1] == 0.0  # an exact mirror image
+    # a constant left-right difference d scores d^2, whatever the image size
+    values = read_image(two_tone).tensor
+    assert scores[2] == pytest.approx(float(values[0, 0, -1] - values[0, 0, 0]) ** 2, rel=1e-6)
+
+    assert main(["mirror-score", face, "--sigma", "2"]) == 0  # blurring can only lower it
+    assert float(capsys.readouterr().out.split()[-1]) < scores[0]
+
+
+def test_mirror_score_refuses_bad_options(tmp_path, capsys, gs_faces):
+    face = write_png(tmp_path / "face.png", gs_faces[0])
+    assert main(["mirror-score", face, "--extent", "0"]) == 2
+    assert "--extent" in capsys.readouterr().err
 
 
 def test_plugin_module_registers_without_installation():

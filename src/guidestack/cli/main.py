@@ -139,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from guidestack.api import registry as default_registry
 
         registry = default_registry()
+        _warn_broken_plugins(registry, debug)
         args = build_parser(registry).parse_args(argv)
         return _dispatch(args, registry)
     except GuidestackError as exc:
@@ -157,6 +158,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _warn_broken_plugins(registry, debug: bool = False) -> None:
+    """One stderr line per plugin the registry skipped (``--debug``: with its traceback)."""
+    for broken in getattr(registry, "broken", ()):
+        if debug and broken.exception is not None:
+            traceback.print_exception(broken.exception, file=sys.stderr)
+        print(f"warning: {broken.message()}", file=sys.stderr)
 
 
 def _dispatch(args: argparse.Namespace, registry) -> int:
@@ -204,6 +213,8 @@ def _plugins(args: argparse.Namespace, registry) -> int:
     for plugin in listing:
         version = f" {plugin['version']}" if plugin["version"] else ""
         print(f"{plugin['name']}{version} ({plugin['module']})")
+        if plugin["broken"]:
+            print(f"  BROKEN        {plugin['broken']['message']}")
         for kinds in (key for key, value in plugin.items() if isinstance(value, list)):
             kind = kinds[:-1]
             for item in plugin[kinds]:

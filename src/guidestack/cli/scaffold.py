@@ -9,7 +9,9 @@ strings (``$name``), so the Python and TOML they hold need no brace escaping.
 
 from __future__ import annotations
 
+import inspect
 import re
+import textwrap
 from pathlib import Path
 from string import Template
 from typing import TYPE_CHECKING
@@ -84,7 +86,7 @@ from guidestack.engine.registry import Registry
 from .stages import STAGES
 
 #: the guidestack hook API this plugin is written against; a guidestack providing an older API
-#: refuses to load the plugin with a clear message
+#: skips the plugin with a warning saying why
 hook_api_version = $api
 
 
@@ -98,8 +100,13 @@ def register(registry: Registry) -> None:
 STAGES = Template('''\
 """Stages of the plugin $name.
 
-Each class is what one ``[[stage]]`` table of a recipe configures.  Replace them with your own
-(guidestack's docs/plugins.md lists every hook)."""
+Each class is what one ``[[stage]]`` table of a recipe configures.  Replace them with your own.
+A stage implements any of these run hooks (guidestack hook API $api) as methods marked
+``@hookimpl``, here in the order the loop calls them; guidestack's docs/hooks.md is the full
+reference (when each runs, what it receives):
+
+$hooks
+"""
 
 from __future__ import annotations
 
@@ -266,11 +273,26 @@ GUIDESTACK_BLOCK_PLUGINS=$name guidestack plugins    # switch it off without uni
 ```
 
 Edit `src/$module/stages.py` (the stages), `src/$module/recipes/` (recipes) and `tests/`.
-guidestack's docs/plugins.md documents every hook, when the loop calls it, and the hook API
-version declared in `src/$module/plugin.py`.
+guidestack's docs/hooks.md documents every hook, when the loop calls it, and the hook API
+version declared in `src/$module/plugin.py`; its docs/plugins.md is the guide.
 """)
 
 GITIGNORE = "__pycache__/\n*.egg-info/\nbuild/\ndist/\n.pytest_cache/\n"
+
+
+def hook_list() -> str:
+    """The run hooks with their arguments and first docstring sentence, from the hookspecs."""
+    from guidestack.engine import hookspecs
+    from guidestack.engine.hookdoc import hook_summary
+
+    lines = []
+    for hook in hookspecs.RUN_HOOKS:
+        params = ", ".join(["self", *inspect.signature(getattr(hookspecs, hook)).parameters])
+        lines.append(f"    {hook}({params})")
+        lines += textwrap.wrap(
+            hook_summary(hook), width=99, initial_indent=" " * 8, subsequent_indent=" " * 8
+        )
+    return "\n".join(lines)
 
 
 def check_name(name: str, registry: Registry | None = None) -> None:
@@ -310,6 +332,7 @@ def scaffold(name: str, output: Path, registry: Registry | None = None) -> tuple
         "name": name,
         "module": module,
         "api": HOOK_API_VERSION,
+        "hooks": hook_list(),
         "guidestack_version": __version__,
     }
     package = Path("src") / module
