@@ -122,6 +122,20 @@ def hook_summary(hook: str) -> str:
     return hookdoc.hook_summary(hook).replace("``", "`")
 
 
+def run_hooks() -> list[dict[str, Any]]:
+    """The run-level hooks in the order the loop calls them: name, arguments, first sentence of
+    the documentation, and whether one stage per recipe may implement it."""
+    return [
+        {
+            "name": hook,
+            "arguments": list(inspect.signature(getattr(hookspecs, hook)).parameters),
+            "summary": hookdoc.hook_summary(hook),
+            "exclusive": hook in hookspecs.EXCLUSIVE_HOOKS,
+        }
+        for hook in hookspecs.RUN_HOOKS
+    ]
+
+
 def _uses(node: Any, name: str, path: str) -> list[str]:
     """Paths inside a stage table where ``{use = name}`` appears (the table itself included)."""
     found: list[str] = []

@@ -50,6 +50,7 @@ _EXPORTS = {
     "HOOK_API_VERSION": "guidestack.api",
     "list_plugins": "guidestack.api",
     "explain": "guidestack.api",
+    "run_hooks": "guidestack.api",
     # images
     "read_image": "guidestack.io.images",
     "save_image": "guidestack.io.outputs",

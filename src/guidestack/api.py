@@ -125,8 +125,14 @@ __all__ = [
     "registry",
     "requirements",
     "run",
+    "run_hooks",
     "run_report",
 ]
+
+
+def run_hooks() -> list[dict[str, Any]]:
+    """The hooks a stage can implement, in the order the loop calls them (docs/hooks.md)."""
+    return catalog.run_hooks()
 
 
 def load_prior(

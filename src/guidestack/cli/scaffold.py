@@ -9,7 +9,6 @@ strings (``$name``), so the Python and TOML they hold need no brace escaping.
 
 from __future__ import annotations
 
-import inspect
 import re
 import textwrap
 from pathlib import Path
@@ -282,15 +281,14 @@ GITIGNORE = "__pycache__/\n*.egg-info/\nbuild/\ndist/\n.pytest_cache/\n"
 
 def hook_list() -> str:
     """The run hooks with their arguments and first docstring sentence, from the hookspecs."""
-    from guidestack.engine import hookspecs
-    from guidestack.engine.hookdoc import hook_summary
+    from guidestack import api
 
     lines = []
-    for hook in hookspecs.RUN_HOOKS:
-        params = ", ".join(["self", *inspect.signature(getattr(hookspecs, hook)).parameters])
-        lines.append(f"    {hook}({params})")
+    for hook in api.run_hooks():
+        params = ", ".join(["self", *hook["arguments"]])
+        lines.append(f"    {hook['name']}({params})")
         lines += textwrap.wrap(
-            hook_summary(hook), width=99, initial_indent=" " * 8, subsequent_indent=" " * 8
+            hook["summary"], width=99, initial_indent=" " * 8, subsequent_indent=" " * 8
         )
     return "\n".join(lines)
 
