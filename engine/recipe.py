@@ -40,6 +40,8 @@ TOP_LEVEL_KEYS = (
     "per_prior",
     "example",
 )
+#: how many recipes an ``extends`` chain may hold (a recipe extends at most MAX_EXTENDS others)
+MAX_EXTENDS = 32
 _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "prior": PriorConfig,
     "sampler": SamplerConfig,
@@ -69,13 +71,20 @@ class Recipe:
 
     def for_prior(self, prior: Any, registry: Registry) -> Recipe:
         """This recipe as it runs on ``prior``: its ``per_prior`` tables for the prior's kind and
-        name applied before the overrides.  Returns ``self`` when nothing changes."""
+        name applied before the overrides, and its timesteps checked against the prior's
+        schedule (:class:`RecipeError` with every problem).  ``self`` when nothing changes."""
         key = (str(getattr(prior, "name", "")), str(getattr(prior, "kind", "")))
-        if self.template is None or key == self.prior_key:
-            return self
-        if not self.template.get("per_prior") and self.prior_key is None:
-            return self
-        return specialise(self.template, self.overrides, registry, self.source, self.base_dir, key)
+        recipe = self
+        changed = self.template is not None and key != self.prior_key
+        if changed and (self.template.get("per_prior") or self.prior_key is not None):
+            recipe = specialise(
+                self.template, self.overrides, registry, self.source, self.base_dir, key
+            )
+        if hasattr(prior, "num_train_timesteps"):
+            problems = prior_problems(recipe, prior, registry)
+            if problems:
+                raise RecipeError(recipe.source, problems)
+        return recipe
 
     def resolved(self) -> dict[str, Any]:
         """The recipe as it will run (for run.json), in TOML-able form."""
@@ -119,7 +128,7 @@ def looks_like_toml_text(ref: str) -> bool:
 
 def parse_toml_text(text: str, label: str) -> dict[str, Any]:
     try:
-        return tomllib.loads(text)
+        return tomllib.loads(text.removeprefix("\ufeff"))
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(label, [("", f"not valid TOML: {exc}")]) from exc
 
@@ -151,13 +160,13 @@ def read_recipe_file(
             )
         plugin, item = index[ref]
         origin = "built-in" if plugin == "builtin" else f"plugin {plugin}"
-        label, text, base = f"{ref} ({origin})", item.read_text(encoding="utf-8"), None
+        label, text, base = f"{ref} ({origin})", item.read_text(encoding="utf-8-sig"), None
     return label, parse_toml_text(text, label), base
 
 
 def _read_text(path: Path, label: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
+    try:  # utf-8-sig: a byte-order mark (Windows Notepad writes one) is not part of the TOML
+        return path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(label, [("", f"cannot read the file: {exc}")]) from exc
 
@@ -193,6 +202,18 @@ def load_raw(
             label,
             [("extends", "recipes extend each other in a cycle: " + " -> ".join((*_chain, label)))],
         )
+    if len(_chain) >= MAX_EXTENDS:
+        raise RecipeError(
+            _chain[0],
+            [
+                (
+                    "extends",
+                    f"the chain of extended recipes is more than {MAX_EXTENDS} deep "
+                    f"({_chain[0]} -> {_chain[1] if len(_chain) > 1 else label} -> ... -> {label}); "
+                    "merge some of them",
+                )
+            ],
+        )
     parent = raw.get("extends")
     if parent is None:
         return label, raw, base_dir
@@ -201,7 +222,7 @@ def load_raw(
     try:
         _, base_raw, parent_dir = load_raw(parent, registry, base_dir, (*_chain, label))
     except RecipeError as exc:
-        if exc.source == label or "cycle" in str(exc):
+        if exc.source in (label, *_chain) or "cycle" in str(exc):
             raise
         problems = [
             (f"extends ({exc.source})" + (f".{p}" if p else ""), m) for p, m in exc.problems
@@ -553,6 +574,21 @@ def load_recipe(
     if prior_name is not None or prior_kind is not None:
         key = (prior_name or "", prior_kind or "")
     return specialise(raw, normalise_overrides(overrides, label), registry, label, base_dir, key)
+
+
+def prior_problems(recipe: Recipe, prior: Any, registry: Registry) -> list[tuple[str, str]]:
+    """What in ``recipe`` cannot run on ``prior``: timesteps beyond its schedule, and each
+    stage's own :meth:`~guidestack.engine.stage.Stage.prior_problems`."""
+    top = prior.num_train_timesteps - 1
+    problems = []
+    start = recipe.sampler.start
+    if start is not None and start > top:
+        problems.append(("sampler.start", f"{start} is beyond the prior's last timestep {top}"))
+    for i, options in enumerate(recipe.stages):
+        cls = registry.stage(options.use)
+        for field_name, message in cls.prior_problems(options, prior):
+            problems.append((f"stage[{i}].{field_name}", message))
+    return problems
 
 
 def recipe_requirements(recipe: Recipe, registry: Registry) -> set[str]:

@@ -26,7 +26,9 @@ from .stageset import StageSet
 def derive_seed(run_seed: int, key: str) -> int:
     """A per-input seed from the run seed and a stable key (the input's file name), so an image
     gets the same result alone, in a batch, or in a resumed run."""
-    digest = hashlib.sha256(f"{run_seed}:{key}".encode()).digest()
+    # surrogateescape: a file name that is not UTF-8 (os.fsdecode keeps its bytes as lone
+    # surrogates) seeds from its raw bytes; valid UTF-8 names are encoded as before
+    digest = hashlib.sha256(f"{run_seed}:{key}".encode("utf-8", "surrogateescape")).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 

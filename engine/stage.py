@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -68,6 +68,12 @@ class Stage:
     @property
     def weight(self) -> float:
         return float(getattr(self.options, "weight", 1.0))
+
+    @classmethod
+    def prior_problems(cls, options: StageOptions, prior: Any) -> list[tuple[str, str]]:
+        """Problems of ``options`` on ``prior`` as ``(field, message)``, e.g. a timestep beyond
+        its schedule; checked when a recipe meets its prior, before any input runs."""
+        return []
 
     def setup(self, ctx: RunContext) -> None:
         """Prepare for a run (default: nothing)."""

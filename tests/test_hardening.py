@@ -62,14 +62,30 @@ def test_a_mask_that_is_a_planned_output_is_refused_too(tmp_path, capsys):
 
 
 def test_a_second_run_into_a_locked_folder_is_refused(tmp_path, capsys):
+    """Another process holds the folder: the run is refused, naming that process."""
     out = tmp_path / "out"
-    out.mkdir()
-    lock = out / outputs.LOCK_NAME
-    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
-    assert run("sample", str(good(tmp_path)), "-o", str(out)) == 2
-    err = capsys.readouterr().err
-    assert f"pid {os.getpid()}" in err and socket.gethostname() in err
-    assert not (out / "good.png").exists() and lock.exists()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from guidestack.io.outputs import folder_lock\n"
+            f"with folder_lock({str(out)!r}):\n"
+            "    print('locked', flush=True)\n"
+            "    time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert run("sample", str(good(tmp_path)), "-o", str(out)) == 2
+        err = capsys.readouterr().err
+        assert f"pid {holder.pid}" in err and socket.gethostname() in err and "in use" in err
+        assert not (out / "good.png").exists() and (out / outputs.LOCK_NAME).exists()
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_a_stale_lock_is_reported_and_replaced(tmp_path, capsys):
@@ -195,7 +211,10 @@ def test_a_file_name_that_is_not_utf8_runs(tmp_path):
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
-def test_a_fifo_without_writer_is_refused_not_waited_for(tmp_path):
+def test_a_fifo_without_writer_is_refused_not_waited_for(tmp_path, monkeypatch):
+    from guidestack.io import images
+
+    monkeypatch.setattr(images, "PIPE_TIMEOUT", 1)
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)
     outcome: list[BaseException | None] = []
@@ -215,6 +234,7 @@ def test_a_fifo_without_writer_is_refused_not_waited_for(tmp_path):
             pass
         pytest.fail("reading a FIFO without a writer hung")
     assert isinstance(outcome[0], InputError) and "pipe.png" in str(outcome[0])
+    assert "nothing" in str(outcome[0])
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
@@ -308,7 +328,7 @@ def test_an_empty_output_folder_is_refused(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert run("sample", str(good(tmp_path)), "-o", "") == 2
     assert "-o" in capsys.readouterr().err
-    assert not (tmp_path / "good.png").exists()
+    assert not (tmp_path / "good_compare.png").exists() and not (tmp_path / "run.json").exists()
 
 
 @pytest.mark.parametrize("device", ["meta", "cpux"])
@@ -341,8 +361,8 @@ def test_a_deep_extends_chain_is_a_recipe_error(tmp_path, capsys):
 
 
 def _corrupt_jpeg(path: Path) -> Path:
-    yy, xx = np.mgrid[0:64, 0:64]
-    picture = Image.fromarray(np.stack([xx * 4, yy * 4, (xx + yy) * 2], -1).astype(np.uint8))
+    yy, xx = np.mgrid[0:256, 0:256]
+    picture = Image.fromarray(np.stack([xx, yy, (xx + yy) // 2], -1).astype(np.uint8))
     buf = io.BytesIO()
     picture.save(buf, format="JPEG", quality=90)
     data = buf.getvalue()

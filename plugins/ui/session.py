@@ -23,7 +23,7 @@ import tomli_w
 from annotated_types import Ge, Gt, Le, Lt
 
 from guidestack import GuidestackError, RecipeError, Registry, UsageError, __version__, api
-from guidestack.io.images import read_image
+from guidestack.io.images import declared_size, read_bytes, read_image
 from guidestack.io.outputs import save_pil, tensor_to_pil, write_json, write_text
 
 #: largest upload the UI decodes (the engine's own limit is far higher; a shared server is not)
@@ -304,8 +304,12 @@ def refuse_paths(raw: dict) -> None:
 
 
 def check_upload(path: Path, what: str) -> None:
-    """Refuse images larger than :data:`MAX_UPLOAD_PIXELS` before the run starts."""
-    size = read_image(path, kind="mask" if what == "mask" else "image").tensor.shape[-2:]
+    """Refuse images larger than :data:`MAX_UPLOAD_PIXELS` from the size their header declares,
+    before anything is decoded (a small file may declare a huge image)."""
+    size = declared_size(read_bytes(path, what))
+    if size is None:  # not an image: read_image says why
+        read_image(path, kind="mask" if what == "mask" else "image")
+        return
     if size[0] * size[1] > MAX_UPLOAD_PIXELS:
         raise UsageError(
             f"the {what} has {size[0] * size[1]:,} pixels; the UI accepts at most "

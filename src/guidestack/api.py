@@ -179,9 +179,8 @@ def load_recipe(
         source = {"description": "a recipe given as a Python dict", **ref}
     elif isinstance(ref, Path):
         source = str(ref)
-    name = getattr(prior, "name", None)
-    kind = getattr(prior, "kind", None)
-    return _load_recipe(source, reg, set, prior_name=name, prior_kind=kind)
+    recipe = _load_recipe(source, reg, set)
+    return recipe if prior is None else recipe.for_prior(prior, reg)
 
 
 def requirements(recipe: Recipe, *, registry: Registry | None = None) -> set[str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -141,7 +142,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         registry = default_registry()
         _warn_broken_plugins(registry, debug)
         args = build_parser(registry).parse_args(argv)
-        return _dispatch(args, registry)
+        code = _dispatch(args, registry)
+        sys.stdout.flush()  # inside the try: a reader that went away is seen here, not at exit
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except GuidestackError as exc:
         if debug:
             traceback.print_exc()
@@ -158,6 +163,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _reader_gone() -> int:
+    """stdout's reader closed it (``guidestack plugins | head -1``): stop quietly, as Unix tools
+    do, with SIGPIPE's status; stdout goes to /dev/null so the exit flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # pragma: no cover - stdout without a file descriptor
+        pass
+    return 128 + 13
 
 
 def _warn_broken_plugins(registry, debug: bool = False) -> None:

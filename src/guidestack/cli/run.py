@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from guidestack import GuidestackError, InputError, Registry, UsageError, api
+from guidestack import GuidestackError, InputError, OutputError, Registry, UsageError, api
 from guidestack.io.images import (
     IMAGE_SUFFIXES,
     LoadedImage,
@@ -24,7 +25,7 @@ from guidestack.io.images import (
     expand_inputs,
     read_image,
 )
-from guidestack.io.outputs import prepare_output_dir, write_json
+from guidestack.io.outputs import folder_lock, prepare_output_dir, write_json
 from guidestack.progress import Progress
 
 MANIFEST = "run.json"
@@ -42,6 +43,8 @@ class Item:
     image: LoadedImage | None = None
     mask: LoadedImage | None = None
     reference: LoadedImage | None = None
+    mask_path: Path | None = None
+    reference_path: Path | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
 
@@ -67,11 +70,11 @@ def companion(ref: str | None, item: Item, what: str) -> Path | None:
 def load_item(item: Item, mask: str | None, reference: str | None) -> None:
     """Read the input and its companions (``InputError`` names the file at fault)."""
     item.image = read_image(item.path)
-    mask_path = companion(mask, item, "mask")
+    mask_path = item.mask_path or companion(mask, item, "mask")
     if mask_path is not None:
         item.mask = read_image(mask_path, kind="mask")
         check_same_size(item.path, item.image, mask_path, item.mask)
-    ref_path = companion(reference, item, "reference")
+    ref_path = item.reference_path or companion(reference, item, "reference")
     if ref_path is not None:
         item.reference = read_image(ref_path)
 
@@ -102,6 +105,8 @@ def run_command(args: argparse.Namespace, registry: Registry) -> int:
         raise UsageError("--batch-size must be at least 1")
     if args.trajectory < 0:
         raise UsageError("--trajectory must be >= 0")
+    if not args.output:
+        raise UsageError("-o/--output is empty: name the folder the results go to")
     if args.faces and args.mask is not None:
         raise UsageError(
             "--mask cannot be combined with --faces: masks are given per aligned face, not per photo"
@@ -141,11 +146,25 @@ def run_command(args: argparse.Namespace, registry: Registry) -> int:
     if faces is not False:
         api.check_faces_options(faces, registry=registry)
 
-    fingerprint = _fingerprint(recipe, prior, args)
     outdir = Path(args.output)
+    for item in items:
+        _find_companions(item, args)
+    _refuse_inputs_among_outputs(items, outdir, args)
+    limit = name_max(outdir)
+    for item in items:
+        if item.status == "pending":
+            _check_output_names(item, args, limit)
+    warn = lambda message: print(f"warning: {message}", file=sys.stderr)  # noqa: E731
+    with folder_lock(outdir, warn=warn):
+        return _run_locked(items, recipe, prior, registry, device, outdir, args, faces)
+
+
+def _run_locked(items, recipe, prior, registry, device, outdir, args, faces) -> int:
+    """The run once its folder is held: resume, check outputs, read inputs, run batches."""
+    fingerprint = _fingerprint(recipe, prior, args)
     finished = _finished_inputs(outdir, fingerprint) if args.resume else {}
     for item in items:
-        if item.name in finished:
+        if item.name in finished and item.status == "pending":
             item.status, item.info = "done", {**finished[item.name], "resumed": True}
     todo = [item for item in items if item.status == "pending"]
     planned = _planned(todo, args.trajectory > 0, outdir) + ([] if args.resume else [MANIFEST])
@@ -182,6 +201,65 @@ def run_command(args: argparse.Namespace, registry: Registry) -> int:
     return 2 if failed else 0
 
 
+def _find_companions(item: Item, args: argparse.Namespace) -> None:
+    """The item's mask and reference files (a missing one refuses the item)."""
+    try:
+        item.mask_path = companion(args.mask, item, "mask")
+        item.reference_path = companion(args.reference, item, "reference")
+    except InputError as exc:
+        item.status, item.error = "refused", str(exc)
+        print(f"error: {exc}", file=sys.stderr)
+
+
+def _refuse_inputs_among_outputs(items: list[Item], outdir: Path, args: argparse.Namespace) -> None:
+    """Refuse a run that would write over one of its own inputs (even with --overwrite)."""
+    planned = {
+        _resolved(outdir / name): name
+        for name in _planned(items, args.trajectory > 0, outdir) + [MANIFEST]
+    }
+    for item in items:
+        for path in (item.path, item.mask_path, item.reference_path):
+            if path is not None and _resolved(path) in planned:
+                raise UsageError(
+                    f"input {path} is also an output of this run "
+                    f"({outdir / planned[_resolved(path)]}); choose another --output folder"
+                )
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except OSError:  # pragma: no cover - unresolvable: compare as given
+        return path.absolute()
+
+
+def name_max(folder: Path) -> int:
+    """The longest file name (bytes) the file system holding ``folder`` accepts."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        return int(os.pathconf(probe, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def _check_output_names(item: Item, args: argparse.Namespace, limit: int) -> None:
+    """Refuse an input whose output file names the file system cannot hold."""
+    names = _planned([item], args.trajectory > 0)
+    if args.faces:
+        names.append(f"{item.name}_face00_restored.png")
+    longest = max(names, key=lambda n: len(os.fsencode(n)))
+    size = len(os.fsencode(longest))
+    if size > limit:
+        item.status = "refused"
+        item.error = (
+            f"input {item.path}: its output name {longest} is {size} bytes, too long for the file "
+            f"system of the output folder (at most {limit}); rename the input"
+        )
+        print(f"error: {item.error}", file=sys.stderr)
+
+
 def _run_batch(
     batch: list[Item],
     recipe: Any,
@@ -215,11 +293,18 @@ def _run_batch(
         print(f"error: {exc}", file=sys.stderr)
         return
     for item, result in zip(batch, results, strict=True):
-        outputs = result.save(outdir, item.name, overwrite=True)
+        try:
+            outputs = result.save(outdir, item.name, overwrite=True)
+        except OutputError as exc:  # e.g. a full disk: this input fails, the others go on
+            for name in result.planned_outputs(item.name):
+                (outdir / name).unlink(missing_ok=True)
+            item.status, item.error = "failed", str(exc)
+            print(f"error: {exc}", file=sys.stderr)
+            continue
         entry = dict(result.entry)
         entry.pop("name", None)
         warnings = [*_file_warnings(item), *entry.pop("warnings", [])]
-        item.info = {**entry, "outputs": outputs}
+        item.info = {**entry, "outputs": outputs, "checksums": checksums(outdir, outputs)}
         if warnings:
             item.info["warnings"] = warnings
         item.status = "done"
@@ -245,7 +330,8 @@ def _fingerprint(recipe: Any, prior: Any, args: argparse.Namespace) -> str:
 
 
 def _finished_inputs(outdir: Path, fingerprint: str) -> dict[str, dict[str, Any]]:
-    """Inputs a previous run of the same recipe, prior and seed finished (outputs present)."""
+    """Inputs a previous run of the same recipe, prior and seed finished: every output it
+    listed is on disk with the size and SHA-256 recorded (a damaged output is redone)."""
     manifest = outdir / MANIFEST
     if not manifest.is_file():
         raise UsageError(
@@ -263,15 +349,30 @@ def _finished_inputs(outdir: Path, fingerprint: str) -> dict[str, dict[str, Any]
     finished = {}
     for entry in previous.get("inputs", []):
         outputs = entry.get("outputs", [])
+        recorded = entry.get("checksums") or {}
         if (
             entry.get("status") == "done"
             and outputs
-            and all((outdir / o).is_file() for o in outputs)
+            and set(recorded) == set(outputs)
+            and checksums(outdir, outputs) == recorded
         ):
             finished[entry["name"]] = {
                 k: v for k, v in entry.items() if k not in ("name", "path", "seed", "status")
             }
     return finished
+
+
+def checksums(folder: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Size and SHA-256 of each output, as run.json records them (a missing file has none)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        path = folder / name
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        out[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return out
 
 
 def _item_report(item: Item) -> dict[str, Any]:

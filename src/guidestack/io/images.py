@@ -34,6 +34,10 @@ Limits (refused with a message)
 from __future__ import annotations
 
 import contextlib
+import io
+import os
+import select
+import stat
 import struct
 import sys
 import warnings
@@ -51,6 +55,10 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 from guidestack.engine.errors import InputError
 
 MIN_SIDE = 8
+#: largest file (or pipe stream) read as an image
+MAX_INPUT_BYTES = 1 << 30
+#: seconds a pipe may stay silent before it is refused
+PIPE_TIMEOUT = 10
 MAX_PIXELS = 50_000_000
 MAX_SIDE = 16384
 #: file name suffixes a folder of inputs is searched for
@@ -116,18 +124,23 @@ def read_image(path: str | Path, *, kind: Kind = "image") -> LoadedImage:
     if kind not in ("image", "mask"):
         raise ValueError(f"kind must be 'image' or 'mask', not {kind!r}")
     path = Path(path)
-    _check_file(path, kind)
+    data = read_bytes(path, kind)
     notes: list[str] = []
+    size = declared_size(data)
+    if size is not None:  # refuse a huge image before PIL allocates anything for it
+        _check_size(path, kind, size)
     try:
-        with _strict_pil(notes), Image.open(path) as im:
+        with _strict_pil(notes), Image.open(io.BytesIO(data)) as im:
             fmt = _check_format(path, kind, im)
             _check_size(path, kind, im.size)
             frames = int(getattr(im, "n_frames", 1) or 1)
             if frames > 1:
                 notes.append(f"{path.name} has {frames} frames; only the first is used")
             mode = im.mode
-            values, alpha, bit_depth = _decode(path, kind, im, notes)
+            values, alpha, bit_depth = _decode(path, kind, im, notes, data)
             orientation = _orientation(im, notes)
+        if fmt == "JPEG":
+            _check_jpeg_scan(path, kind, data, mode)
     except InputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -275,18 +288,120 @@ def to_square(
 # ----------------------------------------------------------------------------- internals
 
 
-def _check_file(path: Path, what: str) -> None:
-    if not path.exists():
-        raise InputError(f"{what} {path} does not exist")
-    if path.is_dir():
-        raise InputError(f"{what} {path} is a folder, not an image file")
+def read_bytes(path: Path, what: str = "image") -> bytes:
+    """The whole file, read exactly once (then decoded from memory).
+
+    Regular files and pipes (a FIFO, or ``<(cat face.png)``) are read; a pipe that nobody writes
+    to is refused after :data:`PIPE_TIMEOUT` seconds instead of waiting forever, and so is
+    anything larger than :data:`MAX_INPUT_BYTES`.  Folders, devices and sockets are refused.
+    """
     try:
-        with path.open("rb") as f:
-            first = f.read(1)
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"{what} {path} does not exist") from None
     except OSError as e:
         raise InputError(f"cannot read {what} {path}: {e.strerror or e}") from e
-    if not first:
+    if stat.S_ISDIR(info.st_mode):
+        raise InputError(f"{what} {path} is a folder, not an image file")
+    if stat.S_ISFIFO(info.st_mode):
+        data = _read_pipe(path, what)
+    elif stat.S_ISREG(info.st_mode):
+        if info.st_size > MAX_INPUT_BYTES:
+            raise InputError(
+                f"{what} {path} is {info.st_size:,} bytes; guidestack reads files of at most "
+                f"{MAX_INPUT_BYTES:,} bytes"
+            )
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise InputError(f"cannot read {what} {path}: {e.strerror or e}") from e
+    else:
+        raise InputError(
+            f"{what} {path} is not a regular file (a device or socket): give an image file"
+        )
+    if not data:
         raise InputError(f"{what} {path} is empty (0 bytes)")
+    return data
+
+
+def _read_pipe(path: Path, what: str) -> bytes:
+    """Everything written into the FIFO ``path`` until its writer closes it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise InputError(f"cannot read {what} {path}: {e.strerror or e}") from e
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLHUP)
+        while True:
+            if not poller.poll(PIPE_TIMEOUT * 1000):
+                state = "stalled after" if total else "received nothing in"
+                raise InputError(
+                    f"{what} {path} is a pipe that {state} {PIPE_TIMEOUT} s; write the image "
+                    "into it (e.g. <(cat face.png)) or give the file itself"
+                )
+            try:
+                chunk = os.read(fd, 1 << 20)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                if total or _writer_gone(poller):
+                    break
+                continue
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > MAX_INPUT_BYTES:
+                raise InputError(f"{what} {path} sends more than {MAX_INPUT_BYTES:,} bytes")
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
+
+
+def _writer_gone(poller: select.poll) -> bool:
+    """After an empty read: true once a writer has come and gone (POLLHUP), false while none has
+    connected yet (the read then only means "no writer so far")."""
+    return any(event & select.POLLHUP for _, event in poller.poll(0))
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` as the header of an image in a supported format declares it, read
+    without decoding any pixel (and without PIL's decompression-bomb refusal, so a refusal can
+    say how large the image claims to be); ``None`` when the data is not such an image."""
+    Image.init()
+    prefix = data[:16]
+    for fmt in SUPPORTED_FORMATS:
+        if fmt not in Image.OPEN:
+            continue
+        factory, accept = Image.OPEN[fmt]
+        if accept is not None and not accept(prefix):
+            continue
+        try:
+            with factory(io.BytesIO(data), "") as im:
+                return tuple(int(v) for v in im.size)  # type: ignore[return-value]
+        except (SyntaxError, ValueError, OSError, EOFError, IndexError, struct.error, TypeError):
+            continue
+    return None
+
+
+def _check_jpeg_scan(path: Path, what: str, data: bytes, mode: str) -> None:
+    """Refuse JPEG data that libjpeg decodes only by resynchronising (corrupt scan data, which
+    PIL accepts without a word): decode again with libjpeg-turbo's warnings made errors."""
+    import simplejpeg
+
+    colorspace = {"L": "GRAY", "CMYK": "CMYK"}.get(mode, "RGB")
+    try:
+        simplejpeg.decode_jpeg(data, colorspace=colorspace, strict=True)
+    except ValueError as strict_error:
+        try:  # a failure without strictness is not about corrupt data (e.g. a colour space)
+            simplejpeg.decode_jpeg(data, colorspace=colorspace, strict=False)
+        except ValueError:
+            return
+        raise InputError(
+            f'{what} {path} is corrupt: libjpeg reports "{strict_error}"; the picture would '
+            "have damaged blocks. Use an intact copy of the file"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -346,9 +461,9 @@ def _rawmode(im: Image.Image) -> str | None:
     return None
 
 
-def _with_rawmode(path: Path, rawmode: str) -> Image.Image:
-    """Decode the first frame of ``path`` again, unpacking its data as ``rawmode``."""
-    im = Image.open(path)
+def _with_rawmode(data: bytes, rawmode: str) -> Image.Image:
+    """Decode the first frame of ``data`` again, unpacking its pixels as ``rawmode``."""
+    im = Image.open(io.BytesIO(data))
     try:
         tiles = []
         for tile in im.tile:
@@ -364,7 +479,7 @@ def _with_rawmode(path: Path, rawmode: str) -> Image.Image:
 
 
 def _decode(
-    path: Path, what: str, im: Image.Image, notes: list[str]
+    path: Path, what: str, im: Image.Image, notes: list[str], data: bytes | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, int]:
     """Fully decode ``im``: ``(values [H, W, 1 or 3], alpha [H, W] or None, bit depth)``.
 
@@ -372,7 +487,7 @@ def _decode(
     """
     rawmode = _rawmode(im)
     if rawmode in _RAW_BYTES_16:
-        with _with_rawmode(path, _RAW_BYTES_16[rawmode]) as raw_im:
+        with _with_rawmode(data, _RAW_BYTES_16[rawmode]) as raw_im:
             raw = np.asarray(raw_im).astype(np.uint16)
         gray = ((raw[..., 0] << 8) | raw[..., 1]).astype(np.float32) / 65535.0
         alpha = ((raw[..., 2] << 8) | raw[..., 3]).astype(np.float32) / 65535.0
@@ -380,7 +495,7 @@ def _decode(
     im.load()
     if rawmode in _SWAP_16 and im.mode in ("RGB", "RGBA"):
         high = np.asarray(im).astype(np.uint16)
-        with _with_rawmode(path, _SWAP_16[rawmode]) as low_im:
+        with _with_rawmode(data, _SWAP_16[rawmode]) as low_im:
             low = np.asarray(low_im).astype(np.uint16)
         full = ((high << 8) | low).astype(np.float32) / 65535.0
         alpha = full[..., 3] if im.mode == "RGBA" else None
@@ -668,8 +783,10 @@ __all__ = [
     "LoadedImage",
     "Placement",
     "check_same_size",
+    "declared_size",
     "expand_inputs",
     "load_input",
+    "read_bytes",
     "read_image",
     "to_square",
 ]

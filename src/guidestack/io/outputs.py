@@ -15,7 +15,10 @@ import json
 import math
 import os
 import secrets
-from collections.abc import Callable, Iterable
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -32,10 +35,11 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(f)`` on a temporary file next to ``path``, then move it onto ``path``.
 
     On any failure the temporary file is removed and ``path`` is untouched; ``OSError`` becomes
-    :class:`OutputError` naming the file, other exceptions propagate unchanged.
+    :class:`OutputError` naming the file, other exceptions propagate unchanged.  The temporary
+    name is short and fixed in length, so any name the file system accepts can be written.
     """
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    tmp = path.with_name(f".gs-{secrets.token_hex(6)}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     try:
         fd = os.open(tmp, flags, 0o666)  # 0o666 so the umask, not us, decides permissions
@@ -107,7 +111,10 @@ def write_json(obj: Any, path: str | Path) -> Path:
     is serialised before the file is opened, so an unserialisable value writes nothing.
     """
     text = json.dumps(_jsonable(obj), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
-    return write_text(text, path)
+    # a file name that is not UTF-8 holds lone surrogates: backslashreplace writes them as the
+    # JSON escape \udcXX, which reads back as the same name
+    data = text.encode("utf-8", "backslashreplace")
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def prepare_output_dir(outdir: str | Path, planned_names: Iterable[str], overwrite: bool) -> Path:
@@ -189,3 +196,99 @@ def _jsonable(obj: Any) -> Any:
     if hasattr(obj, "model_dump"):  # pydantic models
         return _jsonable(obj.model_dump(mode="json"))
     raise TypeError(f"cannot write {type(obj).__name__} to JSON: {obj!r}")
+
+
+# --- one run per folder ------------------------------------------------------------------------
+
+#: the lock file a run holds in its output folder
+LOCK_NAME = ".guidestack.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | Path, warn: Callable[[str], None] | None = None) -> Iterator[Path]:
+    """Hold ``folder`` (created if needed) for one run: a second run into it is refused.
+
+    The lock is an OS lock (``flock``) on ``folder/.guidestack.lock``, which holds the owner's
+    pid, host, start time and command for the refusal message: the OS releases it when its
+    process ends however it ends, so a lock left by a killed run is stale by construction; it
+    is taken over and reported through ``warn``.  Platforms without ``fcntl`` run unlocked.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(
+            f"output folder {folder} exists and is a file, not a folder: choose another --output"
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create output folder {folder}: {e.strerror or e}") from e
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield folder / LOCK_NAME
+        return
+    path = folder / LOCK_NAME
+    fd = _acquire(path, fcntl)
+    try:
+        previous = _holder(os.read(fd, 4096))
+        if previous and previous.get("pid") != os.getpid() and warn is not None:
+            warn(
+                f"{folder} had a stale lock from a run that ended without releasing it "
+                f"({_describe(previous)}); taking it over"
+            )
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "command": " ".join(sys.argv),
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)
+
+
+def _acquire(path: Path, fcntl: Any) -> int:
+    """An fd holding the flock on ``path`` (the file at ``path``, not one unlinked meanwhile)."""
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise OutputError(f"cannot create the lock {path}: {e.strerror or e}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(os.read(fd, 4096))
+            os.close(fd)
+            raise OutputError(
+                f"output folder {path.parent} is in use by another guidestack run "
+                f"({_describe(holder) if holder else 'starting'}); wait for it to end or choose "
+                "another --output"
+            ) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)  # the holder removed the file as we opened it: lock the new one
+
+
+def _holder(data: bytes) -> dict[str, Any] | None:
+    try:
+        info = json.loads(data.decode("utf-8", "replace") or "null")
+    except json.JSONDecodeError:
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _describe(info: dict[str, Any]) -> str:
+    parts = [f"pid {info.get('pid', '?')} on {info.get('host', '?')}"]
+    if info.get("started"):
+        parts.append(f"started {info['started']}")
+    if info.get("command"):
+        parts.append(f"command: {info['command']}")
+    return ", ".join(parts)
