@@ -220,6 +220,8 @@ def test_cli_and_api_give_the_same_image(prior, tmp_path):
             "--quiet",
             "--seed",
             "4",
+            "--prior",
+            "gaussian-faces-64",
         ]
     )
     assert code == 0
