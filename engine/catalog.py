@@ -269,7 +269,16 @@ def _suggestions(name: str, known: list[str]) -> list[str]:
 # --- listings ----------------------------------------------------------------------------------
 
 #: the kinds ``plugins_listing`` shows for each plugin, in this order
-LISTED_KINDS = ("stage", "prior", "prior_backend", "restorer", "degradation", "pipeline", "command")
+LISTED_KINDS = (
+    "stage",
+    "prior",
+    "prior_backend",
+    "restorer",
+    "degradation",
+    "pipeline",
+    "upsampler",
+    "command",
+)
 
 
 def plugins_listing(registry: Registry) -> list[dict[str, Any]]:

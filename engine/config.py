@@ -87,3 +87,35 @@ class PriorConfig(StrictModel):
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="dtype the denoiser runs in"
     )
+
+
+class OutputConfig(StrictModel):
+    """What the output is made of at the photo's own size (docs/recipes.md, "[output]").
+
+    The prior restores a small square; what the degradation left intact comes back from the
+    input at full resolution, and only the rest from the (upsampled) restoration.
+    """
+
+    keep: Literal["none", "known", "luminance", "known-luminance"] = Field(
+        "none",
+        description=(
+            "what is taken from the full-resolution input: none (restoration: everything is "
+            "restored); known (inpainting: every pixel the mask marks known); luminance "
+            "(colorization: the input's brightness, the restoration's colour); known-luminance "
+            "(old photos: brightness of the known pixels, colour everywhere and the damaged "
+            "pixels from the restoration)"
+        ),
+    )
+    feather: float = Field(
+        2.0,
+        ge=0.0,
+        le=32.0,
+        description="width of the seam around the restored pixels, in pixels of the prior's "
+        "resolution (scaled with the output)",
+    )
+    upsampler: str = Field(
+        "auto",
+        description="how the restoration reaches the output size: a registered upsampler "
+        "(bicubic, bilinear, nearest, realesrgan-x4) or auto (Real-ESRGAN x4 where it can run, "
+        "else bicubic)",
+    )

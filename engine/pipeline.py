@@ -17,6 +17,7 @@ import torch
 from pydantic import BaseModel
 
 from .config import StrictModel
+from .upsampler import Upsampler
 
 #: restores a batch of crops ``[N, C, S, S]`` in [-1, 1] at the prior's size ``S``
 RestoreCrops = Callable[[torch.Tensor], torch.Tensor]
@@ -55,6 +56,17 @@ class Pipeline:
     def __init__(self, options: BaseModel | None = None):
         self.options = options if options is not None else self.Options()
 
-    def run(self, photo: torch.Tensor, restore: RestoreCrops, size: int) -> PipelineResult:
-        """Restore ``photo`` ``[3, H, W]`` in [-1, 1]; ``restore`` is called at most once."""
+    def run(
+        self,
+        photo: torch.Tensor,
+        restore: RestoreCrops,
+        size: int,
+        upsampler: Upsampler,
+        find_upsampler: Callable[[str], Upsampler],
+    ) -> PipelineResult:
+        """Restore ``photo`` ``[3, H, W]`` in [-1, 1]; ``restore`` is called at most once.
+
+        ``upsampler`` is the run's (it brings restored crops to their size in the photo);
+        ``find_upsampler(name)`` resolves any other upsampler the pipeline's options name.
+        """
         raise NotImplementedError

@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .config import GuidanceConfig, PriorConfig, SamplerConfig
+from .config import GuidanceConfig, OutputConfig, PriorConfig, SamplerConfig
 from .errors import PluginError, RecipeError
 from .registry import Registry
 from .stage import StageOptions
@@ -39,6 +39,7 @@ TOP_LEVEL_KEYS = (
     "stage",
     "per_prior",
     "example",
+    "output",
 )
 #: how many recipes an ``extends`` chain may hold (a recipe extends at most MAX_EXTENDS others)
 MAX_EXTENDS = 32
@@ -46,6 +47,7 @@ _SECTION_MODELS: dict[str, type[BaseModel]] = {
     "prior": PriorConfig,
     "sampler": SamplerConfig,
     "guidance": GuidanceConfig,
+    "output": OutputConfig,
 }
 
 
@@ -60,6 +62,7 @@ class Recipe:
     guidance: GuidanceConfig
     stages: list[StageOptions]
     raw: dict[str, Any]
+    output: OutputConfig = field(default_factory=OutputConfig)
     example: dict[str, str] = field(default_factory=dict)
     base_dir: Path | None = None
     #: the merged recipe before ``per_prior`` and overrides, and the overrides, so the recipe can
@@ -93,6 +96,7 @@ class Recipe:
             "prior": self.prior.model_dump(),
             "sampler": self.sampler.model_dump(),
             "guidance": self.guidance.model_dump(),
+            "output": self.output.model_dump(),
             "stage": [s.model_dump(exclude_none=True) for s in self.stages],
         }
 
@@ -395,6 +399,7 @@ def validate(
         prior=sections["prior"],
         sampler=sections["sampler"],
         guidance=sections["guidance"],
+        output=sections["output"],
         stages=stages,
         raw=raw,
         example=dict(example),

@@ -111,6 +111,7 @@ class Registry:
             "restorer": {},
             "degradation": {},
             "pipeline": {},
+            "upsampler": {},
             "command": {},
         }
     )
@@ -210,6 +211,20 @@ class Registry:
         :mod:`.pipeline`), e.g. ``faces``."""
         self._add(
             Entry("pipeline", cls.name, cls, cls.Options, cls.description, self.current_plugin)
+        )
+
+    def add_upsampler(self, upsampler: Any) -> None:
+        """Register an upsampler instance (``name``, ``description``, ``__call__(images, size)``,
+        ``unavailable()``; see :mod:`.upsampler`)."""
+        self._add(
+            Entry(
+                "upsampler",
+                upsampler.name,
+                upsampler,
+                None,
+                upsampler.description,
+                self.current_plugin,
+            )
         )
 
     def add_command(

@@ -142,8 +142,11 @@ def register(registry: Registry) -> None:
     for module in FAMILIES:
         importlib.import_module(module).contribute(registry)
     from .faces.pipeline import FacesPipeline
+    from .upsamplers import builtin_upsamplers
 
     registry.add_pipeline(FacesPipeline)
+    for upsampler in builtin_upsamplers():
+        registry.add_upsampler(upsampler)
     for name, module in _commands():
         registry.add_command(name, module.DESCRIPTION, module.configure, module.run)
     registry.add_recipes(files("guidestack.recipes"))

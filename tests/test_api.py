@@ -175,7 +175,7 @@ def test_masks_per_input_and_checks(prior):
     with pytest.raises(gs.UsageError, match="needs a mask"):
         gs.run(recipe, prior, MASKED)
     out = gs.run(recipe, prior, [MASKED, MASKED], mask=MASK, names=["a", "b"])
-    assert out[0].mask.shape == (1, 64, 64)
+    assert out[0].mask.shape == (1, 128, 128)  # at the output size: the input's own
     with pytest.raises(gs.UsageError, match="2 masks for 1 images"):
         gs.run(recipe, prior, MASKED, mask=[MASK, MASK])
     with pytest.raises(gs.InputError, match="mask"):

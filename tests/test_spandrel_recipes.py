@@ -49,7 +49,7 @@ def test_difface_runs_with_a_spandrel_restorer_offline(registry, swinir_file, tm
     assert report["recipe"]["stage"][0]["restorer"]["use"] == "spandrel"
     assert report["inputs"][0]["status"] == "done"
     restored = np.asarray(Image.open(out / "astronaut_degraded.png"))
-    assert restored.shape == (64, 64, 3)
+    assert restored.shape == (128, 128, 3)  # the input's own size
 
     # the estimate DifFace diffused is the spandrel network's output on the observation
     recipe = load_recipe(

@@ -219,6 +219,26 @@ def align_face(
     return crop.clamp(-1.0, 1.0), matrix
 
 
+def warp_footprint(
+    mask: torch.Tensor, matrix: torch.Tensor, shape: tuple[int, int]
+) -> torch.Tensor:
+    """The crop's ``mask`` (``[1, S, S]``, aligned by ``matrix``: canvas -> crop) warped onto a
+    canvas of ``shape = (H, W)``: ``[1, H, W]`` weights, 0 outside the face."""
+    height, width = int(shape[0]), int(shape[1])
+    out = torch.zeros(1, height, width, dtype=mask.dtype, device=mask.device)
+    size = mask.shape[-1]
+    x0, y0, x1, y1 = footprint(matrix.to(torch.float64).cpu(), (size, size))
+    left, top = max(0, math.floor(x0)), max(0, math.floor(y0))
+    right, bottom = min(width, math.ceil(x1) + 1), min(height, math.ceil(y1) + 1)
+    if right <= left or bottom <= top:
+        return out
+    back = invert_affine(matrix.to(torch.float64).cpu())
+    to_region = compose_affine(_translation(-left, -top), back)
+    warped = warp_image(mask, to_region, (bottom - top, right - left), padding_mode="zeros")
+    out[:, top:bottom, left:right] = warped.clamp(0.0, 1.0)
+    return out
+
+
 def paste_face(
     canvas: torch.Tensor,
     face: torch.Tensor,

@@ -14,19 +14,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import kornia
 import torch
-import torch.nn.functional as F
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from guidestack.engine.pipeline import Crop, Pipeline, PipelineOptions, PipelineResult, RestoreCrops
+from guidestack.engine.upsampler import MODES, resize
 
 from .align import (
+    affine_scale,
     align_face,
     compose_affine,
     feather_mask,
     invert_affine,
     paste_face,
     resize_affine,
+    warp_footprint,
 )
 from .detect import (
     DEFAULT_DETECT_SIDE,
@@ -37,47 +40,41 @@ from .detect import (
     select_faces,
 )
 
-#: an upsampler takes ``[N, 3, H, W]`` in [-1, 1] and an integer factor, returns ``[N, 3, fH, fW]``
-Upsampler = Callable[[torch.Tensor, int], torch.Tensor]
 RestoreFn = Callable[[torch.Tensor], torch.Tensor]
+#: an upsampler: ``images [N, 3, h, w]`` and ``size (H, W)`` -> ``[N, 3, H, W]`` in [-1, 1]
+#: (an :class:`~guidestack.engine.upsampler.Upsampler`, or a plain interpolation name)
+UpsampleFn = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
 #: the largest face side accepted as --min-face (the longest side an input may have)
 MAX_SIDE = 16384
+#: a restored face whose sharpness (variance of the Laplacian) falls below this share of the
+#: original's is reported as blurrier than the input
+BLURRIER = 0.5
 
 
-def _interpolating(mode: str) -> Upsampler:
-    def upsample(image: torch.Tensor, factor: int) -> torch.Tensor:
-        if factor == 1:
-            return image.clone()
-        kwargs = {} if mode == "nearest" else {"align_corners": False}
-        out = F.interpolate(image, scale_factor=factor, mode=mode, **kwargs)
-        return out.clamp(-1.0, 1.0)  # bicubic overshoots at edges
-
-    upsample.__name__ = f"{mode}_upsampler"
-    return upsample
-
-
-#: built-in background upsamplers; add more with :func:`register_upsampler` or pass a callable
-UPSAMPLERS: dict[str, Upsampler] = {
-    name: _interpolating(name) for name in ("bicubic", "bilinear", "nearest")
-}
-
-
-def register_upsampler(name: str, upsampler: Upsampler) -> None:
-    """Make ``upsampler`` available by ``name`` (e.g. for a recipe or ``--upsampler``)."""
-    if name in UPSAMPLERS:
-        raise ValueError(f"an upsampler named '{name}' exists already")
-    UPSAMPLERS[name] = upsampler
-
-
-def resolve_upsampler(spec: str | Upsampler) -> Upsampler:
+def resolve_upsampler(spec: str | UpsampleFn) -> UpsampleFn:
+    """A callable, or the name of an interpolation (``bicubic``, ``bilinear``, ``nearest``)."""
     if callable(spec):
         return spec
-    try:
-        return UPSAMPLERS[spec]
-    except KeyError:
-        raise ValueError(
-            f"unknown upsampler '{spec}'; known: {', '.join(sorted(UPSAMPLERS))}"
-        ) from None
+    if spec not in MODES:
+        raise ValueError(f"unknown upsampler '{spec}'; known: {', '.join(MODES)}")
+    return lambda images, size: resize(images, size, spec)
+
+
+def _side_in_output(to_crop: torch.Tensor, size: int) -> int:
+    """How many output pixels the aligned crop's side spans (crop pixels per output pixel is
+    the map's scale)."""
+    return max(1, round(size / affine_scale(to_crop)))
+
+
+def sharpness(image: torch.Tensor, weight: torch.Tensor | None = None) -> float:
+    """Variance of the Laplacian of the luminance (a no-reference sharpness measure), over the
+    pixels ``weight`` selects (``[1, H, W]`` in [0, 1]), or all of them."""
+    gray = image.mean(dim=0, keepdim=True)[None]
+    lap = kornia.filters.laplacian(gray, 3)[0, 0, 1:-1, 1:-1]
+    w = torch.ones_like(lap) if weight is None else weight[0, 1:-1, 1:-1]
+    total = w.sum().clamp_min(1e-8)
+    mean = (w * lap).sum() / total
+    return float((w * (lap - mean) ** 2).sum() / total)
 
 
 @dataclass
@@ -92,10 +89,17 @@ class FaceRecord:
     landmarks: torch.Tensor
     prob: float
     matrix: torch.Tensor
+    #: side of the face as pasted into the output (larger than ``size`` when upsampled)
+    pasted_side: int = 0
+    #: variance of the Laplacian after / before, over the face's footprint
+    sharpness_ratio: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         info = Detection(self.box, self.landmarks, self.prob).to_dict()
         info["size"] = int(self.aligned.shape[-1])
+        info["pasted_size"] = int(self.pasted_side or self.aligned.shape[-1])
+        info["sharpness_ratio"] = round(float(self.sharpness_ratio), 4)
+        info["blurrier"] = bool(self.sharpness_ratio < BLURRIER)
         return info
 
 
@@ -126,7 +130,8 @@ def restore_faces(
     *,
     min_face: float = DEFAULT_MIN_FACE,
     threshold: float = DEFAULT_THRESHOLD,
-    upsampler: str | Upsampler = "bicubic",
+    upsampler: str | UpsampleFn = "bicubic",
+    face_upsampler: str | UpsampleFn | None = None,
     upscale: int = 1,
     detect_side: int = DEFAULT_DETECT_SIDE,
     detections: list[Detection] | None = None,
@@ -137,8 +142,11 @@ def restore_faces(
     restored batch of the same shape (it is not called when no face is found).  ``size`` is the
     prior's resolution.  Faces need MTCNN probability ``>= threshold`` and a box of at least
     ``min_face`` pixels (shorter side).  The output is ``upscale`` times the input's size; the
-    background is resized with ``upsampler`` (a name in :data:`UPSAMPLERS` or a callable).
-    ``detections`` replaces detection (e.g. landmarks from another detector).
+    background is resized with ``upsampler``.  A restored face that is larger in the output
+    than ``size`` is first brought to (about) its size there with ``face_upsampler`` (default:
+    ``upsampler``), then warped back; each face's sharpness is compared with the original's and
+    a much blurrier one is reported.  ``detections`` replaces detection (e.g. landmarks from
+    another detector).
     """
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be [3, H, W], got {tuple(image.shape)}")
@@ -152,7 +160,10 @@ def restore_faces(
         else list(detections)
     )
     kept, skipped = select_faces(found, threshold=threshold, min_face=min_face)
-    canvas = resolve_upsampler(upsampler)(image[None], upscale)[0]
+    background = resolve_upsampler(upsampler)
+    faces_up = background if face_upsampler is None else resolve_upsampler(face_upsampler)
+    # a copy: the faces are pasted into it in place, and an upsampler may return its input
+    canvas = background(image[None], (height * upscale, width * upscale))[0].clone()
     expected = (3, height * upscale, width * upscale)
     if tuple(canvas.shape) != expected:
         raise ValueError(f"upsampler returned {tuple(canvas.shape)}, expected {expected}")
@@ -173,12 +184,28 @@ def restore_faces(
     restored = restored.detach().to(device=image.device, dtype=image.dtype).clamp(-1.0, 1.0)
 
     to_input = invert_affine(resize_affine((height, width), expected[1:]))  # output -> input
-    mask = feather_mask(size, dtype=canvas.dtype, device=canvas.device)
-    faces = []
-    for d, (crop, matrix), face in zip(kept, crops, restored, strict=True):
-        paste_face(canvas, face, compose_affine(matrix, to_input), mask)
-        faces.append(FaceRecord(crop, face, d.box, d.landmarks, d.prob, matrix))
-    return FacesResult(canvas, faces, [], skipped)
+    original = canvas.clone()
+    faces, warnings = [], []
+    for i, (d, (crop, matrix), face) in enumerate(zip(kept, crops, restored, strict=True)):
+        to_crop = compose_affine(matrix, to_input)  # output photo -> aligned crop
+        side = _side_in_output(to_crop, size)
+        if side > size:  # paste at the face's own size: upsample first, then warp
+            face = faces_up(face[None], (side, side))[0].to(canvas.dtype)
+            to_crop = compose_affine(resize_affine((size, size), (side, side)), to_crop)
+        mask = feather_mask(face.shape[-1], dtype=canvas.dtype, device=canvas.device)
+        paste_face(canvas, face, to_crop, mask)
+        record = FaceRecord(crop, restored[i], d.box, d.landmarks, d.prob, matrix)
+        record.pasted_side = face.shape[-1]
+        footprint = warp_footprint(mask, to_crop, canvas.shape[-2:])
+        before, after = sharpness(original, footprint), sharpness(canvas, footprint)
+        record.sharpness_ratio = after / max(before, 1e-12)
+        if record.sharpness_ratio < BLURRIER:
+            warnings.append(
+                f"face {i}: the restored face is blurrier than the original (sharpness "
+                f"x{record.sharpness_ratio:.2f}); a stronger prior or another recipe may do better"
+            )
+        faces.append(record)
+    return FacesResult(canvas, faces, warnings, skipped)
 
 
 def save_faces(result: FacesResult, folder: str | Path) -> list[Path]:
@@ -204,35 +231,42 @@ class FacesOptions(PipelineOptions):
     upscale: int = Field(
         1, ge=1, le=8, description="output size factor (the background is upsampled)"
     )
-    upsampler: str = Field(
-        "bicubic", description="background upsampler: bicubic, bilinear, nearest"
+    background_upsampler: str | None = Field(
+        None,
+        description="registered upsampler of the background (default: the run's upsampler, "
+        "which also brings each restored face to its size in the photo)",
     )
-
-    @field_validator("upsampler")
-    @classmethod
-    def _known_upsampler(cls, value: str) -> str:
-        if value not in UPSAMPLERS:
-            raise ValueError(f"unknown upsampler '{value}'; known: {', '.join(sorted(UPSAMPLERS))}")
-        return value
 
 
 class FacesPipeline(Pipeline):
     """Every face of an unaligned photo: MTCNN detection, alignment to the prior's template,
-    one batched run over all faces, warp back with a feathered seam."""
+    one batched run over all faces, each face brought to its own size in the photo by the run's
+    upsampler and warped back with a feathered seam."""
 
     name = "faces"
     description = "restore every face of a photo: detect (MTCNN), align, restore, paste back"
     Options = FacesOptions
 
-    def run(self, photo: torch.Tensor, restore: RestoreCrops, size: int) -> PipelineResult:
+    def run(
+        self,
+        photo: torch.Tensor,
+        restore: RestoreCrops,
+        size: int,
+        upsampler: UpsampleFn,
+        find_upsampler: Callable[[str], UpsampleFn],
+    ) -> PipelineResult:
         o = self.options
+        background = upsampler if o.background_upsampler is None else None
+        if background is None:
+            background = find_upsampler(o.background_upsampler)
         found = restore_faces(
             photo,
             restore,
             size,
             min_face=o.min_face,
             threshold=o.threshold,
-            upsampler=o.upsampler,
+            upsampler=background,
+            face_upsampler=upsampler,
             upscale=o.upscale,
         )
         crops = [Crop(face.aligned, face.restored, face.to_dict()) for face in found.faces]

@@ -42,10 +42,21 @@ from guidestack.engine.recipe import load_recipe as _load_recipe
 from guidestack.engine.registry import Registry, check_api_version, default_registry
 from guidestack.engine.run import derive_seed, run_recipe
 from guidestack.engine.stage import Stage
-from guidestack.io.images import LoadedImage, check_same_size, load_input, to_square
+from guidestack.engine.upsampler import Upsampler
+from guidestack.finish import SIZE_MODES, finish, output_side
+from guidestack.io.images import (
+    MAX_SIDE,
+    MIN_SIDE,
+    LoadedImage,
+    check_same_size,
+    load_input,
+    to_square,
+)
 from guidestack.progress import Progress
 from guidestack.result import Result, Trajectory
 
+#: what ``upsampler = "auto"`` tries, in order
+AUTO_UPSAMPLERS = ("realesrgan-x4", "bicubic")
 #: what ``run`` accepts as an image (or a list of them): a path, a PIL image, an array, a tensor
 ImageLike = Any
 
@@ -114,6 +125,8 @@ __all__ = [
     "HOOK_API_VERSION",
     "KINDS",
     "check_faces_options",
+    "check_output_size",
+    "resolve_upsampler",
     "derive_seed",
     "explain",
     "load_prior",
@@ -366,6 +379,8 @@ def run(
     device: torch.device | str | None = None,
     batch_size: int | None = None,
     trajectory: int = 0,
+    output_size: str | int = "input",
+    upsampler: str | None = None,
     faces: bool | Mapping[str, Any] = False,
     progress: bool | Progress = False,
     callback: Callable[..., None] | None = None,
@@ -382,9 +397,13 @@ def run(
     depend on batching.  ``loss`` adds guidance losses ``loss(x0, obs) -> [N]`` to the recipe's
     (with the recipe's update rule).  The run goes on the prior's device unless ``device`` says
     otherwise; ``batch_size`` splits the inputs (default: one batch).  ``trajectory=N`` keeps N
-    x0 predictions per input.  ``faces=True`` (or a dict of the ``faces`` pipeline's options:
-    ``min_face``, ``threshold``, ``upscale``, ``upsampler``) restores every face of unaligned
-    photos.  ``callback(event, **info)`` sees the loop's events (``start``, ``step``,
+    x0 predictions per input.
+
+    ``output_size`` is ``"input"`` (the input's own resolution, default), ``"prior"`` or a side
+    in pixels; the recipe's ``[output]`` table says what is kept from the full-resolution input
+    (guidestack.finish) and ``upsampler`` overrides its upsampler.  ``faces=True`` (or a dict of
+    the ``faces`` pipeline's options: ``min_face``, ``threshold``, ``upscale``,
+    ``background_upsampler``) restores every face of unaligned photos.  ``callback(event, **info)`` sees the loop's events (``start``, ``step``,
     ``iteration``).
     """
     reg = _registry(registry)
@@ -395,6 +414,8 @@ def run(
     recipe = load_recipe(recipe, registry=reg).for_prior(prior, reg)
     needs = recipe_requirements(recipe, reg)
     pipeline = _pipeline(faces, reg)
+    if pipeline is not None:
+        check_faces_options({} if faces is True else dict(faces), registry=reg)
     if pipeline is not None and mask is not None:
         raise UsageError("a mask cannot be combined with faces: masks are given per aligned face")
     if "mask" in needs and mask is None:
@@ -402,12 +423,16 @@ def run(
     if "reference" in needs and reference is None:
         raise UsageError(f"recipe {recipe.source} needs a reference image: pass reference=")
     extra = _extra_stages(loss, recipe, reg)
+    check_output_size(output_size)
+    upsample = resolve_upsampler(upsampler or recipe.output.upsampler, registry=reg)
     inputs = prepare_inputs(
         image, mask=mask, reference=reference, seed=seed, seeds=seeds, names=names
     )
     device = torch.device(device) if device is not None else prior.device
     bar = progress if isinstance(progress, Progress) else (Progress() if progress else None)
-    context = _RunSettings(recipe, prior, reg, device, extra, trajectory, bar, callback)
+    context = _RunSettings(
+        recipe, prior, reg, device, extra, trajectory, bar, callback, output_size, upsample
+    )
     head = run_report(recipe, prior, device, seed if seeds is None else None)
     results: list[Result] = []
     try:
@@ -436,6 +461,8 @@ class _RunSettings:
     trajectory: int
     progress: Progress | None
     callback: Callable[..., None] | None
+    output_size: str | int
+    upsampler: Upsampler
 
     def events(self, label: str) -> _Events:
         return _Events(label, self.progress, self.trajectory, self.callback)
@@ -456,9 +483,46 @@ class _RunSettings:
         return result.image.detach().float().cpu(), ctx
 
 
+def resolve_upsampler(name: str, *, registry: Registry | None = None) -> Upsampler:
+    """The registered upsampler ``name``; ``auto`` is Real-ESRGAN x4 where it can run, else
+    bicubic.  An unknown or unavailable one is a :class:`UsageError` saying what to do."""
+    reg = _registry(registry)
+    if name == "auto":
+        for candidate in AUTO_UPSAMPLERS:
+            entry = reg.get("upsampler", candidate)
+            if entry is not None and entry.obj.unavailable() is None:
+                return entry.obj
+        raise UsageError(f"no upsampler of {', '.join(AUTO_UPSAMPLERS)} is available")
+    entry = reg.get("upsampler", name)
+    if entry is None:
+        known = ", ".join(["auto", *reg.names("upsampler")])
+        raise UsageError(f"unknown upsampler '{name}'; one of {known}")
+    why = entry.obj.unavailable()
+    if why is not None:
+        raise UsageError(f"upsampler '{name}' cannot run here: {why}")
+    return entry.obj
+
+
+def check_output_size(output_size: str | int) -> None:
+    """``"input"``, ``"prior"`` or a side in pixels within the input limits."""
+    if isinstance(output_size, str) and output_size in SIZE_MODES:
+        return
+    number = isinstance(output_size, int) and not isinstance(output_size, bool)
+    if number and MIN_SIDE <= output_size <= MAX_SIDE:
+        return
+    raise UsageError(
+        f"output size {output_size!r}: use 'input', 'prior' or a side of {MIN_SIDE} to "
+        f"{MAX_SIDE} pixels"
+    )
+
+
 def check_faces_options(options: Mapping[str, Any], *, registry: Registry | None = None) -> None:
     """Refuse bad ``faces`` options (``UsageError``) before any input runs."""
-    _pipeline(options, _registry(registry))
+    reg = _registry(registry)
+    pipeline = _pipeline(options, reg)
+    background = getattr(pipeline.options, "background_upsampler", None)
+    if background is not None:
+        resolve_upsampler(background, registry=reg)
 
 
 def _pipeline(faces: bool | Mapping[str, Any], registry: Registry) -> Any:
@@ -503,10 +567,22 @@ def _run_batch(s: _RunSettings, batch: list[_Input], head: dict[str, Any]) -> li
     output, ctx = s.execute(obs, [item.seed for item in batch], events)
     seconds = (time.perf_counter() - started) / len(batch)
     results = []
-    for k, (item, (image, placement, mask, ref)) in enumerate(zip(batch, squared, strict=True)):
+    output_config = s.recipe.output
+    for k, (item, (_, placement, _, ref)) in enumerate(zip(batch, squared, strict=True)):
+        finished = finish(
+            output[k],
+            item.image.tensor,
+            placement,
+            side=output_side(s.output_size, placement, size),
+            keep=output_config.keep,
+            upsampler=s.upsampler,
+            feather=output_config.feather,
+            mask=None if item.mask is None else item.mask.tensor,
+        )
         entry = _entry(item)
         entry.update(
             placement=placement.to_dict(),
+            output=finished.facts,
             seconds=seconds,
             model_calls=ctx.model_calls,
             start_t=ctx.report.get("start_t"),
@@ -515,12 +591,13 @@ def _run_batch(s: _RunSettings, batch: list[_Input], head: dict[str, Any]) -> li
         results.append(
             Result(
                 name=item.name,
-                image=output[k],
+                image=finished.image,
                 report={**head, "inputs": [entry]},
-                input=image,
-                mask=mask,
+                input=finished.input,
+                mask=finished.mask,
                 reference=ref,
                 trajectory=events.trajectory(k),
+                restored=output[k],
             )
         )
     return results
@@ -547,7 +624,13 @@ def _run_pipeline(s: _RunSettings, pipeline: Any, item: _Input, head: dict[str, 
         return output
 
     started = time.perf_counter()
-    found = pipeline.run(item.image.tensor, restore, size)
+    found = pipeline.run(
+        item.image.tensor,
+        restore,
+        size,
+        s.upsampler,
+        lambda name: resolve_upsampler(name, registry=s.registry),
+    )
     entry = _entry(item)
     ctx, seeds = runs[0] if runs else (None, [])
     if found.warnings:

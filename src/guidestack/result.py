@@ -37,12 +37,14 @@ class Trajectory:
 class Result:
     """One restored input.
 
-    ``image`` is ``[C, H, W]`` float32 in [-1, 1] on the CPU (the prior's size; the whole photo
-    for a ``faces`` run).  ``report`` is the run.json of this input: run-level facts (recipe as
-    it ran, prior, device) and ``report["inputs"][0]``, the input's own entry (seed, model calls,
-    seconds, placement, per-stage facts, warnings).  ``input``/``mask``/``reference`` are what
-    the prior saw; ``crops`` the faces of a ``faces`` run; ``trajectory`` the recorded x0
-    predictions (empty unless asked for).
+    ``image`` is ``[C, H, W]`` float32 in [-1, 1] on the CPU, at the output size (by default the
+    input's own; the whole photo for a ``faces`` run); ``restored`` is the prior's own output at
+    its resolution, before the output was composed (:mod:`guidestack.finish`).  ``report`` is
+    the run.json of this input: run-level facts (recipe as it ran, prior, device) and
+    ``report["inputs"][0]``, the input's own entry (seed, model calls, seconds, placement, output
+    facts, per-stage facts, warnings).  ``input`` and ``mask`` are the input and its mask at the
+    output size, ``reference`` what the prior saw; ``crops`` the faces of a ``faces`` run;
+    ``trajectory`` the recorded x0 predictions at the prior's size (empty unless asked for).
     """
 
     name: str
@@ -53,6 +55,7 @@ class Result:
     reference: torch.Tensor | None = None
     trajectory: Trajectory = field(default_factory=lambda: Trajectory([], torch.empty(0, 3, 0, 0)))
     crops: list[Crop] = field(default_factory=list)
+    restored: torch.Tensor | None = None
 
     @property
     def entry(self) -> dict[str, Any]:

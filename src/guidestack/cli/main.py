@@ -73,6 +73,18 @@ def build_parser(registry) -> argparse.ArgumentParser:
         "--batch-size", type=int, default=1, help="images per batch (results do not depend on it)"
     )
     run.add_argument(
+        "--output-size",
+        default="input",
+        metavar="input|prior|N",
+        help="size of the outputs: the input's own (default), the prior's, or N pixels a side",
+    )
+    run.add_argument(
+        "--upsampler",
+        metavar="NAME",
+        help="how restorations reach the output size: auto (default: Real-ESRGAN x4 where it can "
+        "run, else bicubic), bicubic, bilinear, nearest, realesrgan-x4 (`guidestack plugins` lists them)",
+    )
+    run.add_argument(
         "--trajectory",
         type=int,
         default=0,
@@ -97,8 +109,13 @@ def build_parser(registry) -> argparse.ArgumentParser:
     run.add_argument(
         "--upscale",
         type=int,
-        default=1,
-        help="with --faces: output size factor (background upsampled bicubic)",
+        default=None,
+        help="with --faces: output size factor, 1 to 8 (the background is upsampled)",
+    )
+    run.add_argument(
+        "--background-upsampler",
+        metavar="NAME",
+        help="with --faces: upsampler of the background (default: --upsampler's)",
     )
     run.add_argument(
         "--resume",

@@ -95,9 +95,27 @@ def _planned(items: list[Item], trajectory: bool, outdir: Path | None = None) ->
 
 
 def faces_options(args: argparse.Namespace) -> dict[str, Any]:
-    """``--min-face``, ``--face-threshold`` and ``--upscale`` as the faces pipeline's options."""
-    given = {"min_face": args.min_face, "threshold": args.face_threshold, "upscale": args.upscale}
+    """``--min-face``, ``--face-threshold``, ``--upscale`` and ``--background-upsampler`` as the
+    faces pipeline's options."""
+    given = {
+        "min_face": args.min_face,
+        "threshold": args.face_threshold,
+        "upscale": args.upscale,
+        "background_upsampler": args.background_upsampler,
+    }
     return {k: v for k, v in given.items() if v is not None}
+
+
+def output_size(text: str) -> str | int:
+    """``--output-size``: ``input``, ``prior`` or a number of pixels (checked by the API)."""
+    if text in ("input", "prior"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise UsageError(
+            f"--output-size {text!r}: use input, prior or a number of pixels"
+        ) from None
 
 
 def run_command(args: argparse.Namespace, registry: Registry) -> int:
@@ -145,6 +163,9 @@ def run_command(args: argparse.Namespace, registry: Registry) -> int:
     faces = faces_options(args) if args.faces else False
     if faces is not False:
         api.check_faces_options(faces, registry=registry)
+    args.output_size = output_size(str(args.output_size))
+    api.check_output_size(args.output_size)
+    api.resolve_upsampler(args.upsampler or recipe.output.upsampler, registry=registry)
 
     outdir = Path(args.output)
     for item in items:
@@ -283,6 +304,8 @@ def _run_batch(
             names=[item.name for item in batch],
             device=device,
             trajectory=args.trajectory,
+            output_size=args.output_size,
+            upsampler=args.upsampler,
             faces=faces,
             progress=progress,
             registry=registry,
@@ -323,6 +346,8 @@ def _fingerprint(recipe: Any, prior: Any, args: argparse.Namespace) -> str:
         "mask": args.mask,
         "reference": args.reference,
         "trajectory": args.trajectory,
+        "output_size": args.output_size,
+        "upsampler": args.upsampler,
     }
     if args.faces:
         key["faces"] = faces_options(args)
