@@ -70,6 +70,7 @@ def test_stages_run_in_recipe_order(reg, prior):
     ],
 )
 def test_batch_equals_single_runs_bitwise(reg, prior, sampler, guidance):
+    sampler = {**sampler, "deterministic": True}
     r = recipe(reg, [{"use": "pull-to-zero"}], sampler=sampler, guidance=guidance)
     batch = obs(3)
     seeds = [11, 22, 33]

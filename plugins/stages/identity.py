@@ -9,7 +9,8 @@ paper's ArcFace.  ``distance = "cosine"`` (``1 - cos``, the paper's choice, weig
 Weights: ``weights = "path"`` (a state dict of ``InceptionResnetV1``, e.g. facenet-pytorch's
 ``20180402-114759-vggface2.pt``) or, by default, facenet-pytorch's cache, downloading the file
 at first use when online.  Offline without the file the stage fails with a message that says how
-to get it.  The network runs on one sample at a time so batches equal single runs bit for bit.
+to get it.  The network runs on the whole batch, or on one sample at a time in ``deterministic``
+runs so that batches equal single runs bit for bit.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ from .properties import (
     cached_model,
     fetch_weights,
     file_key,
-    per_sample,
     require_input,
+    run_network,
     torch_home,
     user_file,
 )
@@ -122,6 +123,7 @@ class Identity(Stage):
         self.net = cached_model(
             ("identity", *file_key(path), str(ctx.device)), lambda: load_embedder(path, ctx.device)
         )
+        self.deterministic = ctx.deterministic
         with torch.no_grad():
             self.reference = self.embed(reference.to(ctx.device, torch.float32))
 
@@ -132,7 +134,7 @@ class Identity(Stage):
             x.float(), size=(s, s), mode="bilinear", align_corners=False, antialias=True
         )
         # facenet's fixed_image_standardization: (255 * (x + 1) / 2 - 127.5) / 128
-        return per_sample(self.net, resized * (127.5 / 128.0))
+        return run_network(self.net, resized * (127.5 / 128.0), self.deterministic)
 
     @hookimpl
     def guidance_loss(self, ctx: RunContext, state: StepState) -> torch.Tensor:
