@@ -305,7 +305,7 @@ def moments(
     tr: Transition,
     x_t: torch.Tensor,
     x0: torch.Tensor,
-    eps: torch.Tensor,
+    eps: torch.Tensor | None,
     variance_values: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The step rule for a given ``x0``: ``(mean, std, variance)``.
@@ -374,7 +374,8 @@ def step(
     x0 = predict_x0(x_t, eps, tr, clip)
     if x0_rule is not None:
         x0 = x0_rule(x0)
-    direction = eps_from_x0(x_t, x0, tr) if rederive and not tr.from_data else eps
+    ddim = tr.kind == "ddim" and not tr.from_data
+    direction = eps_from_x0(x_t, x0, tr) if rederive and ddim else eps
     mean, std, variance = moments(tr, x_t, x0, direction, variance_values)
     return StepResult(
         x_prev=add_noise(mean, std, noise, tr),

@@ -257,7 +257,10 @@ class Shred(Stage):
                     curves[i].append(value_list[i])
                     if data_list is not None:
                         data_curves[i].append(data_list[i])
-            result[running.to(result.device)] = x0.detach()[running.to(x0.device)]
+            if bool(running.all()):
+                result.copy_(x0.detach())
+            else:
+                result[running.to(result.device)] = x0.detach()[running.to(x0.device)]
             if o.stop_below is not None:
                 finished = running & (values < o.stop_below)
                 for i in torch.nonzero(finished).flatten().tolist():
@@ -320,10 +323,15 @@ def _to_sphere(
     a time in ``deterministic`` runs."""
     with torch.no_grad():
         if not deterministic:
+            shape = (-1, *([1] * (latent.dim() - 1)))
+            if bool(rows.all()):  # the usual case: no masked copies
+                norms = latent.flatten(1).norm(dim=1).clamp_min(1e-12)
+                latent.mul_((radius / norms).view(shape))
+                return
             picked = rows.to(latent.device)
             sel = latent[picked]
             norms = sel.flatten(1).norm(dim=1).clamp_min(1e-12)
-            latent[picked] = sel * (radius / norms).view(-1, *([1] * (latent.dim() - 1)))
+            latent[picked] = sel * (radius / norms).view(shape)
             return
         for i in torch.nonzero(rows).flatten().tolist():
             row = latent[i].clone()

@@ -143,6 +143,8 @@ def run_command(args: argparse.Namespace, registry: Registry) -> int:
     overrides = list(args.overrides) + (
         [f"sampler.steps={args.steps}"] if args.steps is not None else []
     )
+    if getattr(args, "deterministic", False):
+        overrides.append("sampler.deterministic=true")
     draft = load_recipe(args.recipe, registry, overrides)
     device = pick_device(args.device)
     prior = load_prior(
