@@ -36,6 +36,13 @@ class SamplerConfig(StrictModel):
         None, ge=0, description="ORIGINAL timestep to start from (default: the top of the schedule)"
     )
     clip_x0: bool = Field(True, description="clip the x0 prediction to [-1, 1] at every step")
+    deterministic: bool = Field(
+        False,
+        description=(
+            "a batch of N is bit-identical to N single runs (the denoiser and stage networks run one"
+            " sample at a time); false: batched, equal to single runs up to float rounding (1e-5)"
+        ),
+    )
 
 
 class GuidanceConfig(StrictModel):

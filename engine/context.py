@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .prior import PriorOutput
+
 if TYPE_CHECKING:  # pragma: no cover
     from .config import GuidanceConfig, SamplerConfig
-    from .prior import Prior, PriorOutput
+    from .prior import Prior
 
 
 @dataclass
@@ -60,7 +62,7 @@ class InitialLatent:
     t: int
 
 
-@dataclass
+@dataclass(slots=True)
 class StepState:
     """One visit of the loop at timestep ``t`` going to ``t_prev`` (``-1`` for the last step).
 
@@ -94,6 +96,11 @@ class RunContext:
     ``generators`` holds one ``torch.Generator`` per sample so results never depend on batch
     size; draw noise with :meth:`randn_like`.  ``cache`` is free for stages (keys should start with
     the stage id).  ``model_calls`` counts denoiser evaluations (for the run report).
+
+    ``deterministic`` (the recipe's ``sampler.deterministic``) asks for a batch of N that is
+    bit-identical to N single runs: the denoiser, and the networks and reductions stages run, then
+    work one sample at a time.  By default they run batched, which is faster and equal to single runs up
+    to float rounding (batched CPU kernels sum in a different order).
     """
 
     prior: Prior
@@ -104,6 +111,7 @@ class RunContext:
     generators: list[torch.Generator]
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
+    deterministic: bool = False
     cache: dict[str, Any] = field(default_factory=dict)
     #: the plugin registry (stages use it to build referenced restorers)
     registry: Any = None
@@ -142,9 +150,23 @@ class RunContext:
         return self.randn(tuple(x.shape))
 
     def denoise(self, x_t: torch.Tensor, t: int) -> PriorOutput:
-        """One counted call of the prior at ORIGINAL timestep ``t`` (the same for the batch)."""
-        ts = torch.full((x_t.shape[0],), int(t), device=x_t.device, dtype=torch.long)
+        """One counted call of the prior at ORIGINAL timestep ``t`` (the same for the batch).
+
+        In ``deterministic`` mode the prior sees one sample at a time (a fresh copy, so its
+        memory alignment is that of a single run) unless it declares ``batch_invariant = True``,
+        i.e. that it already computes each sample on its own.
+        """
+        n = x_t.shape[0]
         self.model_calls += 1
+        if n > 1 and self.deterministic and not getattr(self.prior, "batch_invariant", False):
+            ts = torch.full((1,), int(t), device=x_t.device, dtype=torch.long)
+            outs = [self.prior(x_t[i : i + 1].clone(), ts) for i in range(n)]
+            values = [o.variance_values for o in outs]
+            return PriorOutput(
+                eps=torch.cat([o.eps for o in outs]),
+                variance_values=None if values[0] is None else torch.cat(values),
+            )
+        ts = torch.full((n,), int(t), device=x_t.device, dtype=torch.long)
         return self.prior(x_t, ts)
 
     def emit(self, event: str, **info: Any) -> None:

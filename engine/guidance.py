@@ -6,6 +6,8 @@ so a batch gives the same result as single runs.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .errors import NonFiniteError
@@ -40,9 +42,20 @@ def dynamic_update(
     return x_prime - scale * factor * grad
 
 
+def all_finite(x: torch.Tensor) -> bool:
+    """Whether every value of ``x`` is finite, at the cost of one sum in the usual case.
+
+    A NaN or infinity makes the sum non-finite, so a finite sum settles it; only a non-finite
+    sum (or an overflow of a huge but finite tensor) pays for the elementwise test.
+    """
+    if math.isfinite(x.detach().sum().item()):
+        return True
+    return bool(torch.isfinite(x).all())
+
+
 def loss_gradient(total: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
     """``d sum(total) / d x0``, refusing NaN/inf so a broken loss cannot poison the image."""
-    if not torch.isfinite(total).all():
+    if not all_finite(total):
         bad = [
             i
             for i, v in enumerate(total.detach().flatten().tolist())
@@ -50,6 +63,6 @@ def loss_gradient(total: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         ]
         raise NonFiniteError(f"guidance loss is not finite for sample(s) {bad}")
     (grad,) = torch.autograd.grad(total.sum(), x0)
-    if not torch.isfinite(grad).all():
+    if not all_finite(grad):
         raise NonFiniteError("guidance gradient is not finite")
     return grad

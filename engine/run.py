@@ -80,6 +80,7 @@ def run_recipe(
         guidance=recipe.guidance,
         generators=make_generators(seeds, device),
         device=device,
+        deterministic=recipe.sampler.deterministic,
         callback=callback,
         registry=registry,
     )

@@ -7,7 +7,7 @@ Per grid step ``t -> t_prev`` (and per repeat inside the repeat window)::
     transform_x0(ctx, state)            # dynamic thresholding...      (stages, recipe order)
     guidance_loss(ctx, state) -> L_i    # on a detached x0; g = d sum_i w_i L_i / d x0
     [rule x0]  x0 -= s * g
-    mean, std  = DDPM posterior | DDIM  # the step rule
+    mean, std  = DDPM posterior | DDIM  # the step kernel (steps.py), coefficients once per run
     x' = mean + std * z                 # z from one generator per sample
     [mean_shift] x_prev = mean - s * Sigma * g + std * z
     [dynamic]    x_prev = x' - s * ||x_t - x'|| / ||g|| * g
@@ -28,7 +28,7 @@ from . import steps
 from .config import SamplerConfig
 from .context import InitialLatent, RunContext, StepState
 from .errors import GuidestackError, NonFiniteError, StageError
-from .guidance import dynamic_update, loss_gradient, mean_shift
+from .guidance import all_finite, dynamic_update, loss_gradient, mean_shift
 from .loop_api import RunResult
 from .stageset import StageSet
 
@@ -61,6 +61,12 @@ class Loop:
         self.ctx = ctx
         self.stages = stages
         self.grid: list[int] = list(ctx.timesteps)
+        self._tables: dict[tuple[int, ...], list[steps.Transition]] = {}
+        # which per-step hooks have implementers, looked up once (the loop skips the others)
+        self._update = stages.has("update_latent")
+        self._transform = stages.has("transform_x0")
+        self._project = stages.has("project")
+        self._guided = stages.has("guidance_loss")
 
     # --- LoopHandle ---------------------------------------------------------------------
 
@@ -73,19 +79,25 @@ class Loop:
             top = ctx.timesteps[0]
             initial = InitialLatent(ctx.randn(), top)
         grid = self.grid = self.grid_from(initial.t)
+        table = self.table(grid)
         ctx.report.setdefault("start_t", initial.t)
         ctx.report["grid"] = grid
         x = initial.x.to(device=ctx.device, dtype=ctx.dtype)
         ctx.emit("start", total=len(grid), t=initial.t)
+        emit = ctx.callback is not None
+        renoise = ctx.guidance.renoise
+        total = len(grid)
         for index, t in enumerate(grid):
-            t_prev = grid[index + 1] if index + 1 < len(grid) else -1
+            tr = table[index]
+            t_prev = grid[index + 1] if index + 1 < total else -1
             repeats = self._repeats(t)
             for repeat in range(repeats):
                 state = StepState(t=t, t_prev=t_prev, index=index, x_t=x, repeat=repeat)
-                x = self.step(state)
-                if repeat + 1 < repeats and ctx.guidance.renoise:
-                    x = self._renoise(x, t_prev, t)
-            ctx.emit("step", index=index, total=len(grid), t=t, state=state)
+                x = self.step(state, tr)
+                if repeat + 1 < repeats and renoise:
+                    x = self._renoise(x, tr)
+            if emit:
+                ctx.emit("step", index=index, total=total, t=t, state=state)
         return x
 
     def guidance_loss(self, x0: torch.Tensor, t: int) -> torch.Tensor | None:
@@ -102,21 +114,41 @@ class Loop:
             return grid[grid.index(t_start) :]
         return grid_for(self.ctx.sampler, self.ctx.prior.num_train_timesteps, start=t_start)
 
+    def variance_kind(self) -> str:
+        """The DDPM variance this run uses (``auto`` resolved against the prior)."""
+        kind = self.ctx.sampler.variance
+        if kind == "auto":
+            return "learned_range" if self.ctx.prior.learned_variance else "fixed_small"
+        return kind
+
+    def table(self, grid: list[int]) -> list[steps.Transition]:
+        """The step coefficients of ``grid``: float64 once, cast once to the run's dtype/device."""
+        key = tuple(grid)
+        found = self._tables.get(key)
+        if found is None:
+            ctx = self.ctx
+            cfg = ctx.sampler
+            found = self._tables[key] = steps.transitions(
+                ctx.prior.alphas_cumprod,
+                grid,
+                kind=cfg.kind,
+                eta=cfg.eta,
+                variance=self.variance_kind(),
+                dtype=ctx.dtype,
+                device=ctx.device,
+            )
+        return found
+
     def _repeats(self, t: int) -> int:
         g = self.ctx.guidance
-        if (
-            g.repeats > 1
-            and self.stages.has("guidance_loss")
-            and schedules.window_contains(g.repeat_window, t)
-        ):
+        if g.repeats > 1 and self._guided and schedules.window_contains(g.repeat_window, t):
             return g.repeats
         return 1
 
-    def _renoise(self, x_prev: torch.Tensor, t_prev: int, t: int) -> torch.Tensor:
+    def _renoise(self, x_prev: torch.Tensor, tr: steps.Transition) -> torch.Tensor:
         """Sample q(x_t | x_prev): go back up one grid step so the next repeat redoes ``t``."""
-        ctx = self.ctx
-        ratio = ctx.abar(t) / ctx.abar(t_prev)
-        return math.sqrt(ratio) * x_prev + math.sqrt(1.0 - ratio) * ctx.randn_like(x_prev)
+        ratio = tr.abar_t / tr.abar_prev
+        return math.sqrt(ratio) * x_prev + math.sqrt(1.0 - ratio) * self.ctx.randn_like(x_prev)
 
     def _total_loss(self, state: StepState) -> torch.Tensor | None:
         total = None
@@ -147,9 +179,8 @@ class Loop:
         return total
 
     def _guidance_gradient(self, state: StepState) -> torch.Tensor | None:
-        ctx = self.ctx
-        g = ctx.guidance
-        if g.scale == 0 or not self.stages.has("guidance_loss"):
+        g = self.ctx.guidance
+        if g.scale == 0 or not self._guided:
             return None
         if not schedules.window_contains(g.window, state.t):
             return None
@@ -163,82 +194,67 @@ class Loop:
             state.x0 = x0
         return grad
 
-    def step(self, state: StepState) -> torch.Tensor:
-        """One reverse step from ``state.x_t``; returns ``x_prev`` after projections."""
+    def step(self, state: StepState, tr: steps.Transition | None = None) -> torch.Tensor:
+        """One reverse step from ``state.x_t`` (coefficients ``tr``, default: from the run's
+        grid); returns ``x_prev`` after projections."""
         ctx = self.ctx
-        kw = {"step": state.index, "t": state.t}
-        for _ in self.stages.call("update_latent", ctx=ctx, state=state, **kw):
-            pass
-        abar_t, abar_prev = ctx.abar(state.t), ctx.abar(state.t_prev)
-        with torch.no_grad():
+        stages = self.stages
+        if tr is None:
+            tr = self.table(self.grid)[state.index]
+        if self._update:
+            for _ in stages.call(
+                "update_latent", ctx=ctx, state=state, step=state.index, t=state.t
+            ):
+                pass
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                state.output = ctx.denoise(state.x_t, state.t)
+        else:
             state.output = ctx.denoise(state.x_t, state.t)
         state.eps = state.output.eps.to(ctx.dtype)
-        state.x0 = steps.predict_x0(state.x_t, state.eps, abar_t, clip=ctx.sampler.clip_x0)
-        for _ in self.stages.call("transform_x0", ctx=ctx, state=state, **kw):
-            pass
+        state.x0 = steps.predict_x0(state.x_t, state.eps, tr, clip=ctx.sampler.clip_x0)
+        if self._transform:
+            for _ in stages.call("transform_x0", ctx=ctx, state=state, step=state.index, t=state.t):
+                pass
 
-        grad = self._guidance_gradient(state)
+        grad = self._guidance_gradient(state) if self._guided else None
         state.grad = grad
-        scale = ctx.guidance.scale
         rule = ctx.guidance.rule
         if grad is not None and rule == "x0":
-            state.x0 = state.x0 - scale * grad
+            state.x0 = state.x0 - ctx.guidance.scale * grad
 
-        self._moments(state, abar_t, abar_prev)
-        last = state.t_prev < 0
-        if not last and bool((state.std > 0).any()):
+        values = None
+        if tr.variance is None:  # learned variance
+            values = state.output.variance_values
+            if values is None:
+                raise NonFiniteError("variance 'learned_range' needs a prior with learned variance")
+            values = values.to(ctx.dtype)
+        # DDIM re-derives its direction from the (clipped, transformed, guided) x0
+        direction = steps.eps_from_x0(state.x_t, state.x0, tr) if tr.kind == "ddim" else None
+        state.mean, state.std, state.variance = steps.moments(
+            tr, state.x_t, state.x0, direction, values
+        )
+        if tr.noisy:  # z from one generator per sample
             state.noise = ctx.randn_like(state.x_t)
-            x_prime = state.mean + state.std * state.noise
-        else:
-            x_prime = state.mean
+        x_prime = steps.add_noise(state.mean, state.std, state.noise, tr)
         if grad is None or rule == "x0":
             state.x_prev = x_prime
         elif rule == "mean_shift":
             noise_part = x_prime - state.mean
-            state.x_prev = mean_shift(state.mean, state.variance, grad, scale) + noise_part
+            shifted = mean_shift(state.mean, state.variance, grad, ctx.guidance.scale)
+            state.x_prev = shifted + noise_part
         else:
             state.x_prev = dynamic_update(
-                state.x_t, x_prime, grad, scale, per_channel=rule == "dynamic_channel"
+                state.x_t, x_prime, grad, ctx.guidance.scale, per_channel=rule == "dynamic_channel"
             )
-        for _ in self.stages.call("project", ctx=ctx, state=state, **kw):
-            pass
-        if not torch.isfinite(state.x_prev).all():
+        if self._project:
+            for _ in stages.call("project", ctx=ctx, state=state, step=state.index, t=state.t):
+                pass
+        if not all_finite(state.x_prev):
             raise NonFiniteError(
                 f"the latent became NaN or infinite at step {state.index} (t={state.t})"
             )
         return state.x_prev
-
-    def _moments(self, state: StepState, abar_t: float, abar_prev: float) -> None:
-        """Fill ``state.mean``, ``state.std`` and ``state.variance`` from the step rule."""
-        ctx = self.ctx
-        cfg = ctx.sampler
-        if cfg.kind == "ddpm":
-            kind = cfg.variance
-            if kind == "auto":
-                kind = "learned_range" if ctx.prior.learned_variance else "fixed_small"
-            values = state.output.variance_values if kind == "learned_range" else None
-            if kind == "learned_range" and values is None:
-                raise NonFiniteError("variance 'learned_range' needs a prior with learned variance")
-            # guided-diffusion clips the last step's log variance with the step above it
-            above = None
-            if state.t_prev < 0 and state.index > 0:
-                above = ctx.abar(self.grid[state.index - 1])
-            mean, variance = steps.ddpm_mean_variance(
-                state.x0,
-                state.x_t,
-                abar_t,
-                abar_prev,
-                kind=kind,
-                variance_values=values,
-                abar_above=above,
-            )
-            state.mean, state.variance = mean, variance
-            state.std = variance.sqrt()
-        else:
-            eps = steps.eps_from_x0(state.x_t, state.x0, abar_t)
-            mean, std = steps.ddim_mean_std(state.x0, eps, abar_t, abar_prev, cfg.eta)
-            state.mean, state.std = mean, std
-            state.variance = std * std
 
 
 def run_stages(ctx: RunContext, stages: StageSet) -> RunResult:

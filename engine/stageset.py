@@ -8,7 +8,7 @@ with the stage that raised it and the step it was at.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pluggy
@@ -76,14 +76,28 @@ class StageSet:
         t: int | None = None,
         where: Callable[[Stage], bool] | None = None,
         **kwargs: Any,
-    ) -> Iterator[tuple[Stage, Any]]:
+    ) -> Iterable[tuple[Stage, Any]]:
         """Call ``hook`` on every implementing stage in recipe order, yielding ``(stage, result)``;
         ``where`` skips stages for which it is false (e.g. outside their window).
 
         Any exception that is not already a project error is wrapped in :class:`StageError`
-        naming the stage, the hook and the step.
+        naming the stage, the hook and the step.  A hook no stage implements costs one lookup.
         """
-        for stage, function, argnames in self._impls[hook]:
+        impls = self._impls[hook]
+        if not impls:
+            return ()
+        return self._calls(impls, hook, step, t, where, kwargs)
+
+    @staticmethod
+    def _calls(
+        impls: list[tuple[Stage, Any, tuple[str, ...]]],
+        hook: str,
+        step: int | None,
+        t: int | None,
+        where: Callable[[Stage], bool] | None,
+        kwargs: dict[str, Any],
+    ) -> Iterator[tuple[Stage, Any]]:
+        for stage, function, argnames in impls:
             if where is not None and not where(stage):
                 continue
             try:

@@ -1,54 +1,270 @@
-"""Step rules as pure tensor functions: x0 prediction, DDIM, DDIM inversion, DDPM ancestral.
+"""The one step kernel: x0 prediction, the DDIM step (any eta), the DDPM ancestral step (fixed or
+learned variance) and DDIM inversion.
+
+A step from ``t`` to ``t_prev`` is fixed by two alpha_bar values.  Its coefficients are computed
+once, in float64 on the CPU, by :func:`transitions` (a whole grid, vectorised: what the sampler
+does once per run) or :func:`transition` (one step), and cast once to the images' dtype and
+device as 0-dim tensors.  The tensor functions below only apply them.  The sampler loop, ODEdit's
+inversion and decoding, SHRED's rendering and any plugin call this kernel and nothing else, so the
+diffusers parity tests (tests/test_steps.py, tests/test_parity.py) check the code production runs.
 
 The arithmetic is that of diffusers' ``DDIMScheduler.step`` / ``DDPMScheduler.step`` and of
-guided-diffusion's ``GaussianDiffusion``, but nothing here holds state: a step is a function of
-``x_t``, the model output and two ``alpha_bar`` values, so any grid (respaced, shifted start,
-SHRED jumps, repeats at one ``t``) uses the same code.
-
-``alpha_bar`` arguments (``abar_t``, ``abar_prev``, ...) are python floats or tensors that
-broadcast against the images; a 1-D tensor of length N is taken per sample (viewed as
-``[N, 1, 1, 1]``).  Coefficients are computed in float64 (float32 on MPS, which has no float64)
-and cast to the images' dtype, on the images' device.  The step into the data (``t_prev = -1``)
-is ``abar_prev = 1.0``; DDPM adds no noise there.
+guided-diffusion's ``GaussianDiffusion`` (respaced grids included: ``beta = 1 - abar_t /
+abar_prev``).  The step into the data (``t_prev = -1``) is ``abar_prev = 1.0``; DDPM adds no
+noise there.  A step whose ``abar_t`` is 1 starts from the data (the first step of an
+inversion): its x0 is ``x_t`` itself.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-Scalar = float | torch.Tensor
-
+KINDS = ("ddim", "ddpm")
 VARIANCE_KINDS = ("fixed_small", "fixed_large", "learned_range")
 #: diffusers clamps the posterior variance at this value before taking its log
 _MIN_VARIANCE = 1e-20
 
 
-def _work_dtype(device: torch.device) -> torch.dtype:
-    return torch.float32 if device.type == "mps" else torch.float64
+@dataclass(frozen=True, slots=True, eq=False)
+class Transition:
+    """The coefficients of one step ``abar_t -> abar_prev``, ready to multiply images.
+
+    Tensors are 0-dim, in the images' dtype and on their device (float64 arithmetic, cast once).
+
+    * x0 prediction: ``sqrt_abar_t``, ``sqrt_one_minus_abar_t``;
+    * mean: ``mean_x0 * x0 + mean_rest * r`` with ``r = eps`` (DDIM: ``sqrt(abar_prev)`` and
+      ``sqrt(1 - abar_prev - std^2)``) or ``r = x_t`` (DDPM: the posterior coefficients);
+    * ``std`` / ``variance``: the noise scale added and the variance mean-shift guidance scales
+      by; ``None`` for a learned variance, which comes from the model's output through
+      ``log_beta`` and ``log_floor`` (iDDPM's learned range).  ``std`` is 0 where no noise is
+      added (DDIM with eta 0, DDPM's final step).
+    """
+
+    kind: str
+    abar_t: float
+    abar_prev: float
+    sqrt_abar_t: torch.Tensor
+    sqrt_one_minus_abar_t: torch.Tensor
+    mean_x0: torch.Tensor
+    mean_rest: torch.Tensor
+    std: torch.Tensor | None
+    variance: torch.Tensor | None
+    log_beta: torch.Tensor | None
+    log_floor: torch.Tensor | None
+    #: the step into the data (``abar_prev = 1``)
+    final: bool
+    #: the step starts at the data (``abar_t = 1``: inversion's first step)
+    from_data: bool
+    #: whether the step adds noise (its ``std`` is not 0)
+    noisy: bool
 
 
-def _scalar(value: Scalar, like: torch.Tensor | None = None) -> torch.Tensor:
-    """``value`` as a high-precision tensor on ``like``'s device, per-sample shaped if 1-D."""
-    if like is None:
-        device = value.device if isinstance(value, torch.Tensor) else torch.device("cpu")
+@dataclass
+class StepResult:
+    """One step: ``x_prev = mean + std * noise``.
+
+    ``x0`` is the (clipped) prediction, ``eps`` the noise direction the DDIM mean used (re-derived
+    from ``x0`` or the model's), ``std``/``variance`` the step's noise scale and variance
+    (0-dim for fixed variances, images' shape for a learned one).
+    """
+
+    x_prev: torch.Tensor
+    x0: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    variance: torch.Tensor
+    eps: torch.Tensor
+
+
+# --- coefficients, once per run ------------------------------------------------------------------
+
+
+def _beta_tilde(a_t: torch.Tensor, a_p: torch.Tensor) -> torch.Tensor:
+    """Posterior variance ``beta_tilde = beta * (1 - abar_prev) / (1 - abar_t)``."""
+    return (1 - a_t / a_p) * (1 - a_p) / (1 - a_t)
+
+
+def _coefficients(
+    a_t: torch.Tensor,
+    a_p: torch.Tensor,
+    above: torch.Tensor,
+    kind: str,
+    eta: float,
+    variance: str,
+) -> dict[str, torch.Tensor | None]:
+    """Every coefficient for vectors of alpha_bar pairs, in float64 (``above`` NaN = none)."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown step kind {kind!r}; choose one of {', '.join(KINDS)}")
+    from_data = a_t >= 1.0
+    out: dict[str, torch.Tensor | None] = {
+        "sqrt_abar_t": a_t.sqrt(),
+        "sqrt_one_minus_abar_t": (1 - a_t).sqrt(),
+        "std": None,
+        "variance": None,
+        "log_beta": None,
+        "log_floor": None,
+    }
+    if kind == "ddim":
+        # Song et al. Eq. 16; eta = 1 gives the DDPM posterior std; 0 at abar_prev = 1
+        radicand = (1 - a_p) / (1 - a_t) * (1 - a_t / a_p)
+        sigma = torch.tensor(eta, dtype=torch.float64) * radicand.clamp_min(0).sqrt()
+        std = torch.where(from_data, torch.zeros_like(sigma), sigma)
+        out["mean_x0"] = a_p.sqrt()
+        out["mean_rest"] = (1 - a_p - std * std).clamp_min(0).sqrt()
+        out["std"] = std
+        return out
+    if variance not in VARIANCE_KINDS:
+        raise ValueError(
+            f"unknown DDPM variance {variance!r}; choose one of {', '.join(VARIANCE_KINDS)}"
+        )
+    final = a_p >= 1.0
+    beta = 1 - a_t / a_p
+    out["mean_x0"] = beta * a_p.sqrt() / (1 - a_t)
+    out["mean_rest"] = (1 - a_p) * (1 - beta).sqrt() / (1 - a_t)
+    # beta_tilde with guided-diffusion's fix at the final step (where it is 0): the posterior
+    # variance of the step above; without one, diffusers' clamp at 1e-20
+    has_above = final & ~above.isnan()
+    floor = _beta_tilde(a_t, a_p).clamp_min(_MIN_VARIANCE)
+    clipped = torch.where(has_above, _beta_tilde(above, a_t), floor)
+    if variance == "fixed_small":
+        out["variance"] = _beta_tilde(a_t, a_p).clamp_min(0)
+    elif variance == "fixed_large":
+        out["variance"] = torch.where(has_above, clipped, beta)
     else:
-        device = like.device
-    dtype = _work_dtype(device)
-    if isinstance(value, torch.Tensor):
-        out = value.to(device=device, dtype=dtype)
-    else:  # never through the default dtype: a python float must keep its 53 bits
-        out = torch.tensor(value, device=device, dtype=dtype)
-    if like is not None and out.ndim == 1 and like.ndim > 1 and out.shape[0] != 1:
-        if out.shape[0] != like.shape[0]:
-            raise ValueError(f"{out.shape[0]} per-sample values for a batch of {like.shape[0]}")
-        out = out.view(-1, *([1] * (like.ndim - 1)))
+        out["log_beta"], out["log_floor"] = beta.log(), clipped.log()
     return out
 
 
-def _cast(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return coef.to(dtype=like.dtype)
+def transitions(
+    alphas_cumprod: torch.Tensor,
+    grid: Sequence[int],
+    *,
+    kind: str = "ddim",
+    eta: float = 0.0,
+    variance: str = "fixed_small",
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> list[Transition]:
+    """The transitions of a descending grid of ORIGINAL timesteps, step ``i`` from ``grid[i]``
+    to ``grid[i + 1]`` (to the data, ``abar = 1``, after the last point).
+
+    Computed once in float64 on the CPU (``alphas_cumprod`` stays there), then cast once to
+    ``dtype`` on ``device``.  For DDPM the final step's clipped log variance uses the grid step
+    above it, as guided-diffusion's respaced tables do.
+    """
+    acp = alphas_cumprod.detach().to("cpu", torch.float64)
+    ts = torch.as_tensor(list(grid), dtype=torch.long)
+    one = torch.ones(1, dtype=torch.float64)
+    abar = acp[ts]
+    prev = torch.cat([abar[1:], one])
+    above = torch.cat([torch.full((1,), float("nan"), dtype=torch.float64), abar[:-1]])
+    return _build(abar, prev, above, kind, eta, variance, dtype, device)
+
+
+def transitions_between(
+    abar_from: Sequence[float],
+    abar_to: Sequence[float],
+    *,
+    kind: str = "ddim",
+    eta: float = 0.0,
+    variance: str = "fixed_small",
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> list[Transition]:
+    """Transitions between pairs of alpha_bar values (python floats), built in one go.
+
+    A pair going up (``abar_to < abar_from``) with ``eta = 0`` is a DDIM inversion step (use the
+    model's eps at the start and ``rederive=False``); ``abar = 1`` is the data.
+    """
+    if len(abar_from) != len(abar_to):
+        raise ValueError(f"{len(abar_from)} start values for {len(abar_to)} targets")
+    a = torch.tensor([float(v) for v in abar_from], dtype=torch.float64)
+    p = torch.tensor([float(v) for v in abar_to], dtype=torch.float64)
+    none = torch.full_like(a, float("nan"))
+    return _build(a, p, none, kind, eta, variance, dtype, device)
+
+
+def transition(
+    abar_t: float,
+    abar_prev: float = 1.0,
+    *,
+    kind: str = "ddim",
+    eta: float = 0.0,
+    variance: str = "fixed_small",
+    abar_above: float | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> Transition:
+    """One transition between two alpha_bar values (python floats, float64 precision).
+
+    ``abar_prev < abar_t`` goes up: with ``eta = 0`` and the model's eps that is DDIM inversion.
+    ``abar_above`` matters only for a DDPM final step (see :func:`transitions`).  diffusers'
+    DDIM final step maps to ``abar_prev = 1.0`` (``set_alpha_to_one``) or ``alphas_cumprod[0]``.
+    The default ``abar_prev`` suits callers that only predict x0 at ``abar_t``.
+    """
+
+    def vec(value: float | None) -> torch.Tensor:
+        return torch.tensor([float("nan") if value is None else float(value)], dtype=torch.float64)
+
+    (out,) = _build(
+        vec(abar_t), vec(abar_prev), vec(abar_above), kind, eta, variance, dtype, device
+    )
+    return out
+
+
+def _build(
+    abar: torch.Tensor,
+    prev: torch.Tensor,
+    above: torch.Tensor,
+    kind: str,
+    eta: float,
+    variance: str,
+    dtype: torch.dtype,
+    device: torch.device | str,
+) -> list[Transition]:
+    coef = _coefficients(abar, prev, above, kind, float(eta), variance)
+    # cast once, on the CPU (bit-exact elementwise arithmetic; no float64 on the device)
+    cast = {k: None if v is None else v.to(dtype) for k, v in coef.items()}
+    final = prev >= 1.0
+    zero = torch.zeros_like(abar, dtype=dtype)
+    if kind == "ddim":  # mean shift scales by std^2 in the images' dtype
+        cast["variance"] = cast["std"] * cast["std"]
+        noisy = cast["std"] > 0
+    elif cast["variance"] is not None:  # DDPM fixed: the noise is sqrt of the cast variance
+        cast["std"] = torch.where(final, zero, cast["variance"].sqrt())
+        noisy = cast["std"] > 0
+    else:  # learned variance: std from the model's output, no noise at the final step
+        cast["std"] = zero
+        noisy = ~final
+    n = abar.shape[0]
+    moved = {k: [None] * n if v is None else list(v.to(device=device)) for k, v in cast.items()}
+    learned = kind == "ddpm" and coef["variance"] is None
+    rows = zip(abar.tolist(), prev.tolist(), final.tolist(), noisy.tolist(), strict=True)
+    return [
+        Transition(
+            kind=kind,
+            abar_t=a,
+            abar_prev=p,
+            sqrt_abar_t=moved["sqrt_abar_t"][i],
+            sqrt_one_minus_abar_t=moved["sqrt_one_minus_abar_t"][i],
+            mean_x0=moved["mean_x0"][i],
+            mean_rest=moved["mean_rest"][i],
+            std=None if learned and not f else moved["std"][i],
+            variance=moved["variance"][i],
+            log_beta=moved["log_beta"][i],
+            log_floor=moved["log_floor"][i],
+            final=f,
+            from_data=a >= 1.0,
+            noisy=z,
+        )
+        for i, (a, p, f, z) in enumerate(rows)
+    ]
+
+
+# --- the tensor functions --------------------------------------------------------------------------
 
 
 def clamp_x0(x0: torch.Tensor, clip: bool | float | None) -> torch.Tensor:
@@ -62,312 +278,110 @@ def clamp_x0(x0: torch.Tensor, clip: bool | float | None) -> torch.Tensor:
 
 
 def predict_x0(
-    x_t: torch.Tensor, eps: torch.Tensor, abar_t: Scalar, clip: bool | float | None = True
+    x_t: torch.Tensor, eps: torch.Tensor, tr: Transition, clip: bool | float | None = True
 ) -> torch.Tensor:
     """``x0 = (x_t - sqrt(1 - abar_t) * eps) / sqrt(abar_t)``, then clamped to ``[-c, c]``.
 
     ``clip=True`` clamps to [-1, 1] (the project's default, as in diffusers' ``clip_sample`` and
     guided-diffusion's ``clip_denoised``); a float ``c`` clamps to ``[-c, c]``; ``False`` keeps
-    the raw prediction (the exact inverse of :func:`eps_from_x0`).
+    the raw prediction (the exact inverse of :func:`eps_from_x0`).  From the data it is ``x_t``.
     """
-    a = _scalar(abar_t, x_t)
-    x0 = (x_t - _cast((1 - a).sqrt(), x_t) * eps) / _cast(a.sqrt(), x_t)
+    if tr.from_data:
+        return clamp_x0(x_t, clip)
+    x0 = (x_t - tr.sqrt_one_minus_abar_t * eps) / tr.sqrt_abar_t
     return clamp_x0(x0, clip)
 
 
-def eps_from_x0(x_t: torch.Tensor, x0: torch.Tensor, abar_t: Scalar) -> torch.Tensor:
+def eps_from_x0(x_t: torch.Tensor, x0: torch.Tensor, tr: Transition) -> torch.Tensor:
     """``eps = (x_t - sqrt(abar_t) * x0) / sqrt(1 - abar_t)``: the noise that makes ``x0`` exact.
 
-    Used to re-derive the DDIM direction from a clipped or guided ``x0``.
+    Re-derives the DDIM direction from a clipped, thresholded or guided ``x0`` (GLIDE,
+    guided-diffusion, BIRD).
     """
-    a = _scalar(abar_t, x_t)
-    return (x_t - _cast(a.sqrt(), x_t) * x0) / _cast((1 - a).sqrt(), x_t)
+    return (x_t - tr.sqrt_abar_t * x0) / tr.sqrt_one_minus_abar_t
 
 
-def sigma_ddim(abar_t: Scalar, abar_prev: Scalar, eta: Scalar = 1.0) -> torch.Tensor:
-    """DDIM's noise scale (Song et al. Eq. 16), a float64 tensor (float32 on MPS)::
-
-        sigma = eta * sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev))
-
-    ``eta = 1`` gives the DDPM posterior std ``sqrt(beta_tilde)``; 0 at ``abar_prev = 1``.  The
-    radicand is clamped at 0 against rounding.
-    """
-    like = next((v for v in (abar_t, abar_prev, eta) if isinstance(v, torch.Tensor)), None)
-    a_t, a_p, e = (_scalar(v, like) for v in (abar_t, abar_prev, eta))
-    radicand = (1 - a_p) / (1 - a_t) * (1 - a_t / a_p)
-    return e * radicand.clamp_min(0).sqrt()
-
-
-@dataclass
-class DDIMResult:
-    """One DDIM step: ``x_prev = mean + std * noise``.
-
-    ``mean`` is the deterministic part, ``std = eta * sigma_ddim`` (broadcastable, images'
-    dtype), ``x0`` the (clipped) prediction and ``eps`` the noise used for the direction term.
-    """
-
-    x_prev: torch.Tensor
-    x0: torch.Tensor
-    mean: torch.Tensor
-    std: torch.Tensor
-    eps: torch.Tensor
-
-
-def ddim_mean_std(
-    x0: torch.Tensor, eps: torch.Tensor, abar_t: Scalar, abar_prev: Scalar, eta: Scalar = 0.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """DDIM's deterministic part and noise scale for a given ``x0`` and direction ``eps``::
-
-        std  = eta * sigma_ddim(abar_t, abar_prev)
-        mean = sqrt(abar_prev) * x0 + sqrt(max(1 - abar_prev - std**2, 0)) * eps
-
-    For a guided or clipped ``x0`` pass ``eps = eps_from_x0(x_t, x0, abar_t)`` (GLIDE /
-    guided-diffusion); ``std`` is returned in ``x0``'s dtype, shaped to broadcast against it.
-    """
-    a_p = _scalar(abar_prev, x0)
-    std = sigma_ddim(_scalar(abar_t, x0), a_p, _scalar(eta, x0))
-    direction = (1 - a_p - std * std).clamp_min(0).sqrt()
-    mean = _cast(a_p.sqrt(), x0) * x0 + _cast(direction, x0) * eps
-    return mean, _cast(std, x0)
-
-
-def ddim_step(
+def moments(
+    tr: Transition,
     x_t: torch.Tensor,
-    eps: torch.Tensor,
-    abar_t: Scalar,
-    abar_prev: Scalar,
-    eta: Scalar = 0.0,
-    noise: torch.Tensor | None = None,
-    clip_x0: bool | float | None = True,
-    use_clipped_eps: bool = True,
-) -> DDIMResult:
-    """One DDIM step ``t -> t_prev`` (Song et al. Eq. 12), diffusers' ``DDIMScheduler.step``::
-
-        x0     = predict_x0(x_t, eps, abar_t, clip=clip_x0)
-        eps'   = eps_from_x0(x_t, x0, abar_t) if use_clipped_eps else eps
-        std    = eta * sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev))
-        mean   = sqrt(abar_prev) * x0 + sqrt(1 - abar_prev - std**2) * eps'
-        x_prev = mean + std * noise
-
-    ``use_clipped_eps=True`` (default) re-derives the direction from the clipped ``x0`` as
-    guided-diffusion's ``ddim_sample`` and BIRD do, i.e. diffusers with
-    ``use_clipped_model_output=True``; ``False`` is diffusers' own default.  Without clipping both
-    agree.  With ``eta = 1`` and the default this is exactly the DDPM posterior step.
-    diffusers' final step maps to ``abar_prev = 1.0`` (``set_alpha_to_one=True``) or
-    ``abar_prev = alphas_cumprod[0]`` (``False``).  ``noise`` (standard normal, like ``x_t``) is
-    needed whenever ``std`` is non-zero.
-    """
-    x0 = predict_x0(x_t, eps, abar_t, clip=clip_x0)
-    direction_eps = eps_from_x0(x_t, x0, abar_t) if use_clipped_eps else eps
-    mean, std = ddim_mean_std(x0, direction_eps, abar_t, abar_prev, eta)
-    x_prev = _add_noise(mean, std, noise)
-    return DDIMResult(x_prev=x_prev, x0=x0, mean=mean, std=std, eps=direction_eps)
-
-
-def ddim_invert_step(
-    x_t: torch.Tensor,
-    eps: torch.Tensor,
-    abar_t: Scalar,
-    abar_next: Scalar,
-    clip_x0: bool | float | None = False,
-) -> torch.Tensor:
-    """Deterministic DDIM inversion (eta 0) from ``t`` up to a noisier ``t_next``::
-
-        x0     = (x_t - sqrt(1 - abar_t) * eps) / sqrt(abar_t)      (not clipped by default)
-        x_next = sqrt(abar_next) * x0 + sqrt(1 - abar_next) * eps
-
-    This is diffusers' ``DDIMInverseScheduler.step`` with ``clip_sample=False`` (its "current"
-    alpha_bar is ``abar_t``, its target ``abar_next``).  ``eps`` should be evaluated at ``(x_t, t)``.
-    """
-    x0 = predict_x0(x_t, eps, abar_t, clip=clip_x0)
-    a_n = _scalar(abar_next, x_t)
-    return _cast(a_n.sqrt(), x_t) * x0 + _cast((1 - a_n).sqrt(), x_t) * eps
-
-
-def _is_final(abar_prev: torch.Tensor) -> torch.Tensor:
-    return abar_prev >= 1.0
-
-
-def _beta(a_t: torch.Tensor, a_p: torch.Tensor) -> torch.Tensor:
-    """The (respaced) step's ``beta = 1 - abar_t / abar_prev``."""
-    return 1 - a_t / a_p
-
-
-def _beta_tilde(a_t: torch.Tensor, a_p: torch.Tensor) -> torch.Tensor:
-    """Posterior variance ``beta_tilde = beta * (1 - abar_prev) / (1 - abar_t)``."""
-    return _beta(a_t, a_p) * (1 - a_p) / (1 - a_t)
-
-
-def _clipped_beta_tilde(
-    a_t: torch.Tensor, a_p: torch.Tensor, abar_above: Scalar | None
-) -> torch.Tensor:
-    """``beta_tilde`` with guided-diffusion's fix at the final step (where it is 0).
-
-    There guided-diffusion uses the posterior variance of the step above, ``beta_tilde(abar_above
-    -> abar_t)``; without ``abar_above`` we clamp at 1e-20 as diffusers does.
-    """
-    variance = _beta_tilde(a_t, a_p)
-    floor = variance.clamp_min(_MIN_VARIANCE)
-    if abar_above is None:
-        return floor
-    a_up = _scalar(abar_above, a_t if a_t.ndim > 0 else None).to(a_t.device, a_t.dtype)
-    return torch.where(_is_final(a_p), _beta_tilde(a_up, a_t), floor)
-
-
-def ddpm_variance(
-    kind: str,
-    abar_t: Scalar,
-    abar_prev: Scalar,
+    x0: torch.Tensor,
+    eps: torch.Tensor | None,
     variance_values: torch.Tensor | None = None,
-    abar_above: Scalar | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(variance, log_variance)`` of the reverse step ``t -> t_prev``, as guided-diffusion.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The step rule for a given ``x0``: ``(mean, std, variance)``.
 
-    With ``beta = 1 - abar_t / abar_prev`` (respaced grids included) and ``beta_tilde = beta *
-    (1 - abar_prev) / (1 - abar_t)``; ``beta_tilde_c`` is ``beta_tilde`` except at the final step
-    (``abar_prev == 1``, where ``beta_tilde = 0``): there it is ``beta_tilde(abar_above ->
-    abar_t)``, the posterior variance of the previous (noisier) grid step, which is
-    guided-diffusion's ``posterior_log_variance_clipped`` (``abar_above=None``: clamp at 1e-20,
-    diffusers' choice).
+    * DDIM (Song et al. Eq. 12): ``mean = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - std^2) eps``,
+      ``std = eta * sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev))``;
+    * DDPM: the posterior mean of q(x_prev | x_t, x0), ``beta = 1 - abar_t / abar_prev``::
 
-    * ``fixed_small``:   variance ``beta_tilde`` (0 at the final step), log ``log(beta_tilde_c)``
-    * ``fixed_large``:   variance ``beta`` (``beta_tilde_c`` at the final step), log of it
-    * ``learned_range``: ``log = frac * log(beta) + (1 - frac) * log(beta_tilde_c)``,
-      ``frac = (v + 1) / 2`` for the model's ``variance_values`` ``v`` in [-1, 1]; variance
-      ``exp(log)`` (iDDPM).
+        mean = beta sqrt(abar_prev) / (1 - abar_t) x0 + (1 - abar_prev) sqrt(1 - beta) / (1 - abar_t) x_t
 
-    Results are high-precision tensors (``variance_values``' dtype for learned_range), shaped to
-    broadcast against the images.
+      with variance ``beta_tilde = beta (1 - abar_prev) / (1 - abar_t)`` (fixed_small), ``beta``
+      (fixed_large; ``beta_tilde`` of the step above at the final step) or, learned,
+      ``exp(frac log(beta) + (1 - frac) log(beta_tilde_c))`` with ``frac = (v + 1) / 2`` for the
+      model's ``variance_values`` ``v`` (iDDPM); ``std = sqrt(variance)``, 0 at the final step.
+
+    ``eps`` is the DDIM direction (pass :func:`eps_from_x0` for a changed ``x0``); DDPM ignores it.
     """
-    if kind not in VARIANCE_KINDS:
-        raise ValueError(
-            f"unknown DDPM variance {kind!r}; choose one of {', '.join(VARIANCE_KINDS)}"
-        )
-    a_t = _scalar(abar_t, variance_values)
-    a_p = _scalar(abar_prev, variance_values)
-    beta = _beta(a_t, a_p)
-    clipped = _clipped_beta_tilde(a_t, a_p, abar_above)
-    if kind == "fixed_small":
-        return _beta_tilde(a_t, a_p).clamp_min(0), clipped.log()
-    if kind == "fixed_large":
-        large = torch.where(_is_final(a_p), clipped, beta) if abar_above is not None else beta
-        return large, large.log()
+    if tr.kind == "ddim":
+        mean = tr.mean_x0 * x0 + tr.mean_rest * eps
+    else:
+        mean = tr.mean_x0 * x0 + tr.mean_rest * x_t
+    if tr.variance is not None:
+        return mean, tr.std, tr.variance
     if variance_values is None:
         raise ValueError("variance 'learned_range' needs the model's variance_values")
     frac = (variance_values + 1) / 2
-    log_variance = frac * _cast(beta.log(), variance_values) + (1 - frac) * _cast(
-        clipped.log(), variance_values
-    )
-    return log_variance.exp(), log_variance
+    variance = (frac * tr.log_beta + (1 - frac) * tr.log_floor).exp()
+    return mean, (tr.std if tr.std is not None else variance.sqrt()), variance
 
 
-def ddpm_posterior(
-    x0: torch.Tensor,
-    x_t: torch.Tensor,
-    abar_t: Scalar,
-    abar_prev: Scalar,
-    abar_above: Scalar | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The posterior q(x_prev | x_t, x0) as ``(mean, variance, log_variance)``::
-
-        beta     = 1 - abar_t / abar_prev
-        mean     = beta * sqrt(abar_prev) / (1 - abar_t) * x0
-                   + (1 - abar_prev) * sqrt(1 - beta) / (1 - abar_t) * x_t
-        variance = beta * (1 - abar_prev) / (1 - abar_t)                  (beta_tilde)
-        log_variance = log(beta_tilde), at the final step guided-diffusion's clipped value
-                       (see :func:`ddpm_variance`)
-
-    ``variance`` and ``log_variance`` are high-precision tensors that broadcast against ``x_t``.
-    """
-    a_t, a_p = _scalar(abar_t, x_t), _scalar(abar_prev, x_t)
-    beta = _beta(a_t, a_p)
-    coef_x0 = beta * a_p.sqrt() / (1 - a_t)
-    coef_xt = (1 - a_p) * (1 - beta).sqrt() / (1 - a_t)
-    mean = _cast(coef_x0, x_t) * x0 + _cast(coef_xt, x_t) * x_t
-    variance = _beta_tilde(a_t, a_p).clamp_min(0)
-    return mean, variance, _clipped_beta_tilde(a_t, a_p, abar_above).log()
+def add_noise(
+    mean: torch.Tensor, std: torch.Tensor, noise: torch.Tensor | None, tr: Transition
+) -> torch.Tensor:
+    """``mean + std * noise`` where the step adds noise, else ``mean``."""
+    if not tr.noisy:
+        return mean
+    if noise is None:
+        raise ValueError("this step adds noise (std > 0): pass `noise` (standard normal)")
+    return mean + std * noise
 
 
-def ddpm_mean_variance(
-    x0: torch.Tensor,
-    x_t: torch.Tensor,
-    abar_t: Scalar,
-    abar_prev: Scalar,
-    kind: str = "fixed_small",
-    variance_values: torch.Tensor | None = None,
-    abar_above: Scalar | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The model's reverse step ``(mean, variance)`` for a given (possibly guided) ``x0``.
-
-    ``mean`` is the posterior mean of :func:`ddpm_posterior`, ``variance`` that of
-    :func:`ddpm_variance` in the images' dtype (0 at the final step for ``fixed_small``; use
-    :func:`ddpm_step` or its ``std`` rule to decide whether to add noise).
-    """
-    mean, _, _ = ddpm_posterior(x0, x_t, abar_t, abar_prev)
-    variance, _ = ddpm_variance(
-        kind, _scalar(abar_t, x_t), _scalar(abar_prev, x_t), variance_values, abar_above
-    )
-    return mean, _cast(variance, x_t)
-
-
-@dataclass
-class DDPMResult:
-    """One ancestral step: ``x_prev = mean + std * noise`` with ``std = exp(log_variance / 2)``,
-    0 at the final step.  ``variance``/``log_variance`` are the model's (see
-    :func:`ddpm_variance`); PGDiff's mean-shift guidance scales its gradient by ``variance``.
-    """
-
-    x_prev: torch.Tensor
-    x0: torch.Tensor
-    mean: torch.Tensor
-    std: torch.Tensor
-    variance: torch.Tensor
-    log_variance: torch.Tensor
-
-
-def ddpm_step(
+def step(
     x_t: torch.Tensor,
     eps: torch.Tensor,
-    abar_t: Scalar,
-    abar_prev: Scalar,
-    noise: torch.Tensor | None,
-    variance: str = "fixed_small",
+    tr: Transition,
+    *,
+    noise: torch.Tensor | None = None,
+    clip: bool | float | None = True,
+    x0_rule: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    rederive: bool = True,
     variance_values: torch.Tensor | None = None,
-    clip_x0: bool | float | None = True,
-    abar_above: Scalar | None = None,
-) -> DDPMResult:
-    """One DDPM ancestral step over any grid (guided-diffusion ``p_sample``, diffusers
-    ``DDPMScheduler.step`` with custom timesteps)::
+) -> StepResult:
+    """One whole step from ``x_t`` and the model's ``eps`` (what the loop does without hooks)::
 
-        x0     = predict_x0(x_t, eps, abar_t, clip=clip_x0)
-        mean   = posterior mean of q(x_prev | x_t, x0)            (ddpm_posterior)
-        std    = exp(log_variance / 2), or 0 where abar_prev == 1  (ddpm_variance(variance))
+        x0     = x0_rule(predict_x0(x_t, eps, clip))
+        eps'   = eps_from_x0(x_t, x0) if rederive else eps        (DDIM's direction)
+        mean, std, variance = moments(x0, eps')
         x_prev = mean + std * noise
 
-    ``noise`` may be ``None`` only when every sample is at its final step.  ``abar_above`` is
-    the alpha_bar of the previous (noisier) grid point; it only matters at the final step, where
-    it sets guided-diffusion's clipped variance (see :func:`ddpm_variance`).
+    ``rederive=True`` re-derives the direction from the clipped ``x0`` as guided-diffusion's
+    ``ddim_sample`` and BIRD do (diffusers with ``use_clipped_model_output=True``); ``False`` is
+    diffusers' own default and DDIM inversion (``eta = 0``, ``clip=False``, a transition
+    upwards).  With eta = 1 and ``rederive`` DDIM is exactly the DDPM posterior step.  ``noise``
+    (standard normal, like ``x_t``) is needed whenever the step adds noise.
     """
-    x0 = predict_x0(x_t, eps, abar_t, clip=clip_x0)
-    a_t, a_p = _scalar(abar_t, x_t), _scalar(abar_prev, x_t)
-    mean, _, _ = ddpm_posterior(x0, x_t, a_t, a_p)
-    var, log_var = ddpm_variance(variance, a_t, a_p, variance_values, abar_above)
-    std = torch.where(_is_final(a_p), torch.zeros_like(log_var), (0.5 * log_var).exp())
-    std = _cast(std, x_t)
-    x_prev = _add_noise(mean, std, noise)
-    return DDPMResult(
-        x_prev=x_prev,
+    x0 = predict_x0(x_t, eps, tr, clip)
+    if x0_rule is not None:
+        x0 = x0_rule(x0)
+    ddim = tr.kind == "ddim" and not tr.from_data
+    direction = eps_from_x0(x_t, x0, tr) if rederive and ddim else eps
+    mean, std, variance = moments(tr, x_t, x0, direction, variance_values)
+    return StepResult(
+        x_prev=add_noise(mean, std, noise, tr),
         x0=x0,
         mean=mean,
         std=std,
-        variance=_cast(var, x_t),
-        log_variance=_cast(log_var, x_t),
+        variance=variance,
+        eps=direction,
     )
-
-
-def _add_noise(mean: torch.Tensor, std: torch.Tensor, noise: torch.Tensor | None) -> torch.Tensor:
-    if noise is None:
-        if bool((std != 0).any()):
-            raise ValueError("this step adds noise (std > 0): pass `noise` (standard normal)")
-        return mean
-    return mean + std * noise

@@ -56,7 +56,7 @@ def test_restore_real_face_end_to_end(tmp_path, capsys):
 def test_batch_size_does_not_change_results(tmp_path):
     inputs = [EXAMPLES / "astronaut_degraded.png", EXAMPLES / "grace_hopper_degraded.png"]
     a, b = tmp_path / "a", tmp_path / "b"
-    common = ["--steps", "10", "--quiet", *PRIOR]
+    common = ["--steps", "10", "--quiet", "--deterministic", *PRIOR]
     assert (
         main(["run", "restore", *map(str, inputs), "-o", str(a), "--batch-size", "2", *common]) == 0
     )
@@ -64,6 +64,8 @@ def test_batch_size_does_not_change_results(tmp_path):
     x = np.asarray(Image.open(a / "grace_hopper_degraded.png"))
     y = np.asarray(Image.open(b / "grace_hopper_degraded.png"))
     assert np.array_equal(x, y)
+    report = json.loads((a / "run.json").read_text())
+    assert report["recipe"]["sampler"]["deterministic"] is True
 
 
 def test_seed_changes_result(tmp_path):

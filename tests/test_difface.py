@@ -89,7 +89,8 @@ def test_perfect_restorer_with_eta_zero_is_ddim_from_the_noised_clean_image(regi
     z = (math.sqrt(abar(400)) * x + math.sqrt(1 - abar(400)) * eps).double()
     for t, t_prev in step_pairs(ddim_timesteps(250)[ddim_timesteps(250).index(400) :]):
         model_eps = prior(z, torch.full((2,), t)).eps
-        z = steps.ddim_step(z, model_eps, abar(t), abar(t_prev), eta=0.0).x_prev
+        tr = steps.transition(abar(t), abar(t_prev), dtype=z.dtype)
+        z = steps.step(z, model_eps, tr).x_prev
     assert (result.image.double() - z.clamp(-1, 1)).abs().max() < 1e-4
 
 

@@ -19,12 +19,12 @@ def round_trip(prior, x0: torch.Tensor, n_steps: int) -> torch.Tensor:
     x = x0.double()
     for t, t_next in zip(grid[:-1], grid[1:], strict=True):
         eps = prior(x, ts(t)).eps
-        x = steps.ddim_invert_step(x, eps, float(abar[t]), float(abar[t_next]))
+        up = steps.transition(float(abar[t]), float(abar[t_next]), dtype=x.dtype)
+        x = steps.step(x, eps, up, clip=False, rederive=False).x_prev
     for t, t_prev in zip(grid[::-1][:-1], grid[::-1][1:], strict=True):
         eps = prior(x, ts(t)).eps
-        x = steps.ddim_step(
-            x, eps, float(abar[t]), float(abar[t_prev]), eta=0.0, clip_x0=False
-        ).x_prev
+        down = steps.transition(float(abar[t]), float(abar[t_prev]), dtype=x.dtype)
+        x = steps.step(x, eps, down, clip=False).x_prev
     return x
 
 

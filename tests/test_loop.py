@@ -70,6 +70,7 @@ def test_stages_run_in_recipe_order(reg, prior):
     ],
 )
 def test_batch_equals_single_runs_bitwise(reg, prior, sampler, guidance):
+    sampler = {**sampler, "deterministic": True}
     r = recipe(reg, [{"use": "pull-to-zero"}], sampler=sampler, guidance=guidance)
     batch = obs(3)
     seeds = [11, 22, 33]
@@ -164,3 +165,21 @@ def test_dynamic_rule_matches_formula():
         for c in range(3):
             expect = xp[i, c] - 0.3 * (x_t[i, c] - xp[i, c]).norm() / g[i, c].norm() * g[i, c]
             assert torch.allclose(out_c[i, c], expect, atol=1e-6)
+
+
+def test_hooks_without_implementers_cost_one_lookup():
+    """Calling a hook no stage implements returns an empty tuple (no generator, no kwargs
+    filtering); implemented hooks still run in recipe order and name the failing stage."""
+    from guidestack.engine.stageset import StageSet
+
+    recorder = toys.make_recorder("rec-solo")
+    stages = StageSet([toys.PullToZero(toys.PullToZero.Options(use="pull-to-zero"))])
+    assert stages.call("project", ctx=None, state=None, step=0, t=999) == ()
+    assert stages.first("initial_latent", ctx=None) is None
+    assert not stages.has("update_latent") and stages.has("guidance_loss")
+    toys.CALLS.clear()
+    both = StageSet(
+        [recorder(recorder.Options(use="rec-solo", id=name)) for name in ("first", "second")]
+    )
+    assert [s.id for s, _ in both.call("project", ctx=None, state=None)] == ["first", "second"]
+    assert toys.CALLS == [("first", "project"), ("second", "project")]

@@ -156,7 +156,12 @@ def test_batch_equals_single_runs_with_noise_and_thresholds(registry, prior):
     recipe = load_recipe(
         "code",
         registry,
-        ["sampler.steps=20", "stage.langevin.updates=8", "stage.ode-inversion.reconstruct=false"],
+        [
+            "sampler.steps=20",
+            "sampler.deterministic=true",
+            "stage.langevin.updates=8",
+            "stage.ode-inversion.reconstruct=false",
+        ],
         prior_name=prior.name,
         prior_kind=prior.kind,
     )

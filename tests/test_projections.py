@@ -79,7 +79,7 @@ class Probe(Stage):
 
     @hookimpl
     def project(self, ctx, state):
-        eps = steps.eps_from_x0(state.x_t, state.x0, ctx.abar(state.t))
+        eps = steps.eps_from_x0(state.x_t, state.x0, steps.transition(ctx.abar(state.t)))
         expect = (
             math.sqrt(ctx.abar(state.t_prev)) * state.x0
             + math.sqrt(1 - ctx.abar(state.t_prev)) * eps

@@ -35,8 +35,12 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(4.0 / (a - b).pow(2).flatten(1).mean(1))
 
 
-def shred(registry, prior, y, seeds, mask=None, callback=None, **options):
-    raw = {"description": "t", "stage": [{"use": "shred", **options}]}
+def shred(registry, prior, y, seeds, mask=None, callback=None, deterministic=False, **options):
+    raw = {
+        "description": "t",
+        "sampler": {"deterministic": deterministic},
+        "stage": [{"use": "shred", **options}],
+    }
     recipe = validate(raw, registry, "<test>")
     return run_recipe(
         recipe, prior, Observation(image=y, mask=mask), seeds, registry, callback=callback
@@ -185,9 +189,10 @@ def test_batch_equals_single_runs_with_blind_operator_and_early_stop(registry, f
         {"operator": {"use": "blind-blur", "size": 5}, "gradient": "full"},
     ]
     for options in cases:
-        together, ctx = shred(registry, faces_prior, y, [1, 2, 3], iterations=8, **options)
+        options = {**options, "iterations": 8, "deterministic": True}
+        together, ctx = shred(registry, faces_prior, y, [1, 2, 3], **options)
         for i, seed in enumerate([1, 2, 3]):
-            alone, _ = shred(registry, faces_prior, y[i : i + 1], [seed], iterations=8, **options)
+            alone, _ = shred(registry, faces_prior, y[i : i + 1], [seed], **options)
             assert torch.equal(alone.image[0], together.image[i]), (options, i)
     stopped = ctx.report["shred"]
     assert stopped["stopped_early_at"] == [None] * 3

@@ -1,4 +1,8 @@
-"""Step rules against diffusers' schedulers, guided-diffusion's tables and closed-form oracles."""
+"""The step kernel against diffusers' schedulers, guided-diffusion's tables and closed-form oracles.
+
+Every comparison goes through the functions the sampler loop, ODEdit and SHRED call
+(``steps.transitions``/``transition``, ``predict_x0``, ``eps_from_x0``, ``moments``, ``step``).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,11 @@ TOL = 1e-5
 
 def abar(t: int, final: float = 1.0) -> float:
     return float(ACP[t]) if t >= 0 else final
+
+
+def tr64(a_t: float, a_prev: float = 1.0, **kw) -> steps.Transition:
+    """A transition with float64 coefficients (the tests compare formulas in float64)."""
+    return steps.transition(a_t, a_prev, dtype=torch.float64, **kw)
 
 
 def model_eps(x: torch.Tensor, t: int, s: float = 0.7) -> torch.Tensor:
@@ -88,15 +97,13 @@ def test_ddim_trajectory_matches_diffusers(eta, clip, alpha_to_one, clipped_eps)
             use_clipped_model_output=clipped_eps,
             variance_noise=noise,
         )
-        out = steps.ddim_step(
+        out = steps.step(
             ours,
             model_eps(ours, t),
-            abar(t),
-            abar(t_prev, final),
-            eta=eta,
+            tr64(abar(t), abar(t_prev, final), eta=eta),
             noise=noise,
-            clip_x0=clip,
-            use_clipped_eps=clipped_eps,
+            clip=clip,
+            rederive=clipped_eps,
         )
         worst = max(worst, rel(out.x_prev, ref.prev_sample), rel(out.x0, ref.pred_original_sample))
         theirs, ours = ref.prev_sample, out.x_prev
@@ -117,7 +124,8 @@ def test_ddim_float32_defaults_match_diffusers_stepwise():
         eps = model_eps(x, t)
         ref = sched.step(eps, t, x, eta=0.5, variance_noise=noise)
         a_prev = float(acp[t_prev]) if t_prev >= 0 else 1.0
-        out = steps.ddim_step(x, eps, float(acp[t]), a_prev, 0.5, noise, use_clipped_eps=False)
+        tr = steps.transition(float(acp[t]), a_prev, eta=0.5)  # float32, as the loop's
+        out = steps.step(x, eps, tr, noise=noise, rederive=False)
         assert out.x_prev.dtype == torch.float32
         worst = max(worst, rel(out.x_prev, ref.prev_sample), rel(out.x0, ref.pred_original_sample))
         x = ref.prev_sample
@@ -129,17 +137,17 @@ def test_ddim_eta_one_with_clipped_eps_is_the_ddpm_posterior():
     x = 2.0 * torch.randn(SHAPE, generator=gen, dtype=torch.float64)
     for t, t_prev in [(999, 979), (500, 480), (40, 0), (1, 0)]:
         eps = model_eps(x, t)
-        ddim = steps.ddim_step(x, eps, abar(t), abar(t_prev), eta=1.0, noise=torch.zeros_like(x))
-        ddpm = steps.ddpm_step(x, eps, abar(t), abar(t_prev), torch.zeros_like(x))
+        zeros = torch.zeros_like(x)
+        ddim = steps.step(x, eps, tr64(abar(t), abar(t_prev), eta=1.0), noise=zeros)
+        ddpm = steps.step(x, eps, tr64(abar(t), abar(t_prev), kind="ddpm"), noise=zeros)
         assert (ddim.x0.abs() <= 1).all() and (ddim.mean - ddpm.mean).abs().max() < 1e-12
         assert torch.allclose(ddim.std, ddpm.std, rtol=1e-12, atol=0)
         assert torch.allclose(ddim.std**2, ddpm.variance, rtol=1e-10, atol=0)
     # without re-deriving eps the clipped step is a different rule
     eps = model_eps(x, 999)
-    plain = steps.ddim_step(
-        x, eps, abar(999), abar(979), eta=1.0, noise=torch.zeros_like(x), use_clipped_eps=False
-    )
-    ddpm = steps.ddpm_step(x, eps, abar(999), abar(979), torch.zeros_like(x))
+    zeros = torch.zeros_like(x)
+    plain = steps.step(x, eps, tr64(abar(999), abar(979), eta=1.0), noise=zeros, rederive=False)
+    ddpm = steps.step(x, eps, tr64(abar(999), abar(979), kind="ddpm"), noise=zeros)
     assert (plain.mean - ddpm.mean).abs().max() > 1e-3
 
 
@@ -147,14 +155,14 @@ def test_sigma_ddim_matches_diffusers_variance():
     sched = float64_schedule(DDIMScheduler())
     for t, t_prev in [(999, 989), (500, 300), (20, 0), (5, -1)]:
         ref = sched._get_variance(t, t_prev).sqrt() * 0.3
-        ours = steps.sigma_ddim(abar(t), abar(t_prev), 0.3)
+        ours = tr64(abar(t), abar(t_prev), eta=0.3).std
         assert abs(float(ours) - float(ref)) < 1e-14
-    assert float(steps.sigma_ddim(abar(10), 1.0, 1.0)) == 0.0
+    assert float(tr64(abar(10), 1.0, eta=1.0).std) == 0.0
     # eta = 1: the posterior std sqrt(beta_tilde)
     a_t, a_p = abar(300), abar(250)
     beta = 1 - a_t / a_p
     assert math.isclose(
-        float(steps.sigma_ddim(a_t, a_p)) ** 2, beta * (1 - a_p) / (1 - a_t), rel_tol=1e-12
+        float(tr64(a_t, a_p, eta=1.0).std) ** 2, beta * (1 - a_p) / (1 - a_t), rel_tol=1e-12
     )
 
 
@@ -172,7 +180,8 @@ def test_ddim_invert_matches_diffusers_inverse_scheduler():
             current = abar(t - ratio, 1.0 if alpha_to_one else abar(0))
             eps = model_eps(theirs, t)
             theirs = sched.step(eps, t, theirs).prev_sample
-            ours = steps.ddim_invert_step(ours, model_eps(ours, t), current, abar(t))
+            up = tr64(current, abar(t))  # upwards, eta 0: DDIM inversion
+            ours = steps.step(ours, model_eps(ours, t), up, clip=False, rederive=False).x_prev
             worst = max(worst, rel(ours, theirs))
         assert worst < TOL
 
@@ -188,13 +197,14 @@ def _round_trip(num_steps: int, s: float, x0: torch.Tensor) -> tuple[float, floa
     up = grid[::-1]
     x = x0
     for t, t_next in zip(up, up[1:], strict=False):
-        x = steps.ddim_invert_step(x, _gaussian_eps(x, t, s), abar(t), abar(t_next))
+        inv = tr64(abar(t), abar(t_next))
+        x = steps.step(x, _gaussian_eps(x, t, s), inv, clip=False, rederive=False).x_prev
     top = grid[0]
     # the exact probability-flow map of an isotropic Gaussian scales by the marginal std ratio
     scale = math.sqrt((abar(top) * s * s + 1 - abar(top)) / (abar(0) * s * s + 1 - abar(0)))
     latent_err = rel(x, scale * x0)
     for t, t_prev in zip(grid, grid[1:], strict=False):  # back down to t = 0
-        x = steps.ddim_step(x, _gaussian_eps(x, t, s), abar(t), abar(t_prev), clip_x0=False).x_prev
+        x = steps.step(x, _gaussian_eps(x, t, s), tr64(abar(t), abar(t_prev)), clip=False).x_prev
     return latent_err, (x - x0).abs().max().item()
 
 
@@ -222,23 +232,16 @@ def _ddpm_trajectory(kind: str, clip: bool, grid: list[int], dtype=torch.float64
     start = torch.randn(SHAPE, generator=torch.Generator().manual_seed(7), dtype=dtype)
     theirs = ours = start
     worst = 0.0
-    for i, (t, t_prev) in enumerate(step_pairs(grid)):
+    # the sampler's own coefficient table for this grid
+    table = steps.transitions(ACP, grid, kind="ddpm", variance=kind, dtype=dtype)
+    for (t, _), tr in zip(step_pairs(grid), table, strict=True):
         eps_t = model_eps(theirs, t)
         output = torch.cat([eps_t, model_v(theirs, t)], 1) if kind == "learned_range" else eps_t
         ref = sched.step(output, t, theirs, generator=gen_theirs)
         noise = torch.randn(SHAPE, generator=gen_ours, dtype=dtype) if t > 0 else None
         values = model_v(ours, t) if kind == "learned_range" else None
-        above = abar(grid[i - 1]) if i > 0 else None
-        out = steps.ddpm_step(
-            ours,
-            model_eps(ours, t),
-            abar(t),
-            abar(t_prev),
-            noise,
-            variance=kind,
-            variance_values=values,
-            clip_x0=clip,
-            abar_above=above,
+        out = steps.step(
+            ours, model_eps(ours, t), tr, noise=noise, clip=clip, variance_values=values
         )
         worst = max(worst, rel(out.x_prev, ref.prev_sample), rel(out.x0, ref.pred_original_sample))
         theirs, ours = ref.prev_sample, out.x_prev
@@ -276,6 +279,10 @@ def _guided_diffusion_tables(grid_ascending: list[int]) -> dict[str, np.ndarray]
     }
 
 
+def _ddpm(a_t: float, a_prev: float, kind: str, above: float | None = None) -> steps.Transition:
+    return tr64(a_t, a_prev, kind="ddpm", variance=kind, abar_above=above)
+
+
 def test_ddpm_variances_match_guided_diffusion_tables():
     grid = respaced_timesteps("ddim25")[::-1]  # ascending: index 0 is t = 0
     gd = _guided_diffusion_tables(grid)
@@ -286,37 +293,72 @@ def test_ddpm_variances_match_guided_diffusion_tables():
         a_t = abar(t)
         a_prev = abar(grid[i - 1]) if i > 0 else 1.0
         above = abar(grid[i + 1]) if i + 1 < len(grid) else None
-        mean, variance, log_var = steps.ddpm_posterior(x0, x_t, a_t, a_prev, abar_above=above)
+        small = _ddpm(a_t, a_prev, "fixed_small", above)
+        mean, _, variance = steps.moments(small, x_t, x0, None)
         assert torch.allclose(
             mean, gd["coef1"][i] * x0 + gd["coef2"][i] * x_t, rtol=1e-9, atol=1e-12
         )
         assert math.isclose(
             float(variance), gd["posterior_variance"][i], rel_tol=1e-9, abs_tol=1e-15
         )
+        learned = _ddpm(a_t, a_prev, "learned_range", above)
         if above is not None:
-            assert math.isclose(float(log_var), gd["log_clipped"][i], rel_tol=1e-9)
-            var_s, log_s = steps.ddpm_variance("fixed_small", a_t, a_prev, abar_above=above)
-            assert math.isclose(
-                float(var_s), gd["posterior_variance"][i], rel_tol=1e-9, abs_tol=1e-15
-            )
-            assert math.isclose(float(log_s), gd["log_clipped"][i], rel_tol=1e-9)
-            var_l, log_l = steps.ddpm_variance("fixed_large", a_t, a_prev, abar_above=above)
-            assert math.isclose(float(var_l), gd["large"][i], rel_tol=1e-9)
-            assert math.isclose(float(log_l), math.log(gd["large"][i]), rel_tol=1e-9)
-            var_r, log_r = steps.ddpm_variance("learned_range", a_t, a_prev, v, abar_above=above)
+            assert math.isclose(float(learned.log_floor), gd["log_clipped"][i], rel_tol=1e-9)
+            var_l = float(_ddpm(a_t, a_prev, "fixed_large", above).variance)
+            assert math.isclose(var_l, gd["large"][i], rel_tol=1e-9)
+            assert math.isclose(math.log(var_l), math.log(gd["large"][i]), rel_tol=1e-9)
+            _, _, var_r = steps.moments(learned, x_t, x0, None, v)
             frac = (v + 1) / 2
             expect = frac * math.log(gd["betas"][i]) + (1 - frac) * gd["log_clipped"][i]
-            assert torch.allclose(log_r, expect, rtol=1e-9) and torch.allclose(var_r, expect.exp())
+            assert torch.allclose(var_r.log(), expect, rtol=1e-9)
+            assert torch.allclose(var_r, expect.exp())
     # the final step: beta_tilde is 0 and the log variance is clipped to the step above's
-    _, variance, log_var = steps.ddpm_posterior(x0, x_t, abar(0), 1.0, abar_above=abar(grid[1]))
-    assert float(variance) == 0.0 and math.isclose(
-        float(log_var), gd["log_clipped"][0], rel_tol=1e-9
-    )
+    assert float(_ddpm(abar(0), 1.0, "fixed_small", abar(grid[1])).variance) == 0.0
+    final = _ddpm(abar(0), 1.0, "learned_range", abar(grid[1]))
+    assert math.isclose(float(final.log_floor), gd["log_clipped"][0], rel_tol=1e-9)
     # without abar_above the final step follows diffusers (variance clamped at 1e-20)
-    _, log_small = steps.ddpm_variance("fixed_small", abar(0), 1.0)
-    assert math.isclose(float(log_small), math.log(1e-20), rel_tol=1e-12)
-    large, _ = steps.ddpm_variance("fixed_large", abar(0), 1.0)
-    assert math.isclose(float(large), 1 - abar(0), rel_tol=1e-12)
+    log_small = float(_ddpm(abar(0), 1.0, "learned_range").log_floor)
+    assert math.isclose(log_small, math.log(1e-20), rel_tol=1e-12)
+    large = float(_ddpm(abar(0), 1.0, "fixed_large").variance)
+    assert math.isclose(large, 1 - abar(0), rel_tol=1e-12)
+
+
+def test_grid_table_equals_single_transitions():
+    """The vectorised per-run table is bit for bit the per-step construction (float64 and cast)."""
+    for kind, variance in [
+        ("ddim", "fixed_small"),
+        ("ddpm", "fixed_large"),
+        ("ddpm", "learned_range"),
+    ]:
+        grid = respaced_timesteps("10,15,20")
+        for dtype in (torch.float32, torch.float64, torch.float16):
+            table = steps.transitions(ACP, grid, kind=kind, eta=0.6, variance=variance, dtype=dtype)
+            for i, ((t, t_prev), tr) in enumerate(zip(step_pairs(grid), table, strict=True)):
+                above = abar(grid[i - 1]) if i > 0 else None
+                one = steps.transition(
+                    abar(t),
+                    abar(t_prev),
+                    kind=kind,
+                    eta=0.6,
+                    variance=variance,
+                    abar_above=above,
+                    dtype=dtype,
+                )
+                for name in (
+                    "sqrt_abar_t",
+                    "sqrt_one_minus_abar_t",
+                    "mean_x0",
+                    "mean_rest",
+                    "std",
+                    "variance",
+                    "log_beta",
+                    "log_floor",
+                ):
+                    a, b = getattr(tr, name), getattr(one, name)
+                    assert (a is None) == (b is None), name
+                    if a is not None:
+                        assert a.dtype == dtype and a.dim() == 0 and torch.equal(a, b), name
+                assert (tr.final, tr.noisy, tr.abar_t) == (one.final, one.noisy, abar(t))
 
 
 def test_ddpm_final_step_adds_no_noise():
@@ -325,39 +367,43 @@ def test_ddpm_final_step_adds_no_noise():
     noise = torch.randn(SHAPE, generator=gen, dtype=torch.float64)
     for kind in ("fixed_small", "fixed_large", "learned_range"):
         values = model_v(x, 0)
-        out = steps.ddpm_step(
-            x, model_eps(x, 0), abar(0), 1.0, noise, kind, values, abar_above=abar(20)
-        )
+        tr = _ddpm(abar(0), 1.0, kind, abar(20))
+        assert tr.final and not tr.noisy
+        out = steps.step(x, model_eps(x, 0), tr, noise=noise, variance_values=values)
         assert torch.equal(out.x_prev, out.mean) and float(out.std.abs().max()) == 0.0
         assert (
             (out.variance > 0).all() if kind != "fixed_small" else float(out.variance.max()) == 0.0
         )
-        none = steps.ddpm_step(
-            x, model_eps(x, 0), abar(0), 1.0, None, kind, values, abar_above=abar(20)
-        )
+        none = steps.step(x, model_eps(x, 0), tr, noise=None, variance_values=values)
         assert torch.equal(none.x_prev, out.x_prev)
     # at t = 0 the posterior mean is the (clipped) x0 itself
     assert torch.allclose(out.mean, out.x0, atol=1e-12)
     with pytest.raises(ValueError, match="noise"):
-        steps.ddpm_step(x, model_eps(x, 500), abar(500), abar(480), None)
+        steps.step(x, model_eps(x, 500), _ddpm(abar(500), abar(480), "fixed_small"), noise=None)
 
 
-def test_mean_variance_helpers_agree_with_steps():
+def test_loop_pieces_compose_to_the_step():
+    """The loop calls predict_x0, eps_from_x0, moments and add_noise with hooks in between;
+    without hooks that is exactly ``step``."""
     gen = torch.Generator().manual_seed(9)
     x = torch.randn(SHAPE, generator=gen)
     noise = torch.randn(SHAPE, generator=gen)
     eps = model_eps(x, 600)
     v = model_v(x, 600)
-    step = steps.ddpm_step(x, eps, abar(600), abar(560), noise, "learned_range", v)
-    mean, variance = steps.ddpm_mean_variance(step.x0, x, abar(600), abar(560), "learned_range", v)
+    learned = steps.transition(abar(600), abar(560), kind="ddpm", variance="learned_range")
+    step = steps.step(x, eps, learned, noise=noise, variance_values=v)
+    mean, std, variance = steps.moments(learned, x, step.x0, eps, v)
     assert torch.allclose(mean, step.mean) and torch.allclose(variance, step.variance)
     assert (
         torch.allclose(step.std, variance.sqrt()) and mean.dtype == variance.dtype == torch.float32
     )
-    ddim = steps.ddim_step(x, eps, abar(600), abar(560), 0.5, noise)
-    direction = steps.eps_from_x0(x, ddim.x0, abar(600))
-    mean, std = steps.ddim_mean_std(ddim.x0, direction, abar(600), abar(560), 0.5)
-    assert torch.allclose(mean, ddim.mean) and torch.allclose(std, ddim.std)
+    ddim_tr = steps.transition(abar(600), abar(560), eta=0.5)
+    ddim = steps.step(x, eps, ddim_tr, noise=noise)
+    x0 = steps.predict_x0(x, eps, ddim_tr)
+    direction = steps.eps_from_x0(x, x0, ddim_tr)
+    mean, std, _ = steps.moments(ddim_tr, x, x0, direction)
+    assert torch.equal(mean, ddim.mean) and torch.equal(std, ddim.std)
+    assert torch.equal(ddim.x_prev, steps.add_noise(mean, std, noise, ddim_tr))
     assert torch.allclose(ddim.x_prev, ddim.mean + ddim.std * noise)
 
 
@@ -369,52 +415,38 @@ def test_predict_x0_and_eps_from_x0_are_inverse():
     x0 = torch.rand(SHAPE, generator=gen, dtype=torch.float64) * 2 - 1
     eps = torch.randn(SHAPE, generator=gen, dtype=torch.float64)
     a = abar(700)
+    tr = tr64(a)
     x_t = math.sqrt(a) * x0 + math.sqrt(1 - a) * eps
-    assert torch.allclose(steps.predict_x0(x_t, eps, a, clip=False), x0, atol=1e-10)
-    assert torch.allclose(steps.eps_from_x0(x_t, x0, a), eps, atol=1e-10)
-    raw = steps.predict_x0(x_t, -3 * eps, a, clip=False)
+    assert torch.allclose(steps.predict_x0(x_t, eps, tr, clip=False), x0, atol=1e-10)
+    assert torch.allclose(steps.eps_from_x0(x_t, x0, tr), eps, atol=1e-10)
+    raw = steps.predict_x0(x_t, -3 * eps, tr, clip=False)
     assert raw.abs().max() > 1.5
-    assert steps.predict_x0(x_t, -3 * eps, a).abs().max() == 1.0  # default clips to [-1, 1]
-    assert steps.predict_x0(x_t, -3 * eps, a, clip=1.5).abs().max() == 1.5
+    assert steps.predict_x0(x_t, -3 * eps, tr).abs().max() == 1.0  # default clips to [-1, 1]
+    assert steps.predict_x0(x_t, -3 * eps, tr, clip=1.5).abs().max() == 1.5
     with pytest.raises(ValueError):
-        steps.predict_x0(x_t, eps, a, clip=-1.0)
+        steps.predict_x0(x_t, eps, tr, clip=-1.0)
+    # from the data (abar = 1, inversion's first step) x0 is the input itself
+    assert torch.equal(steps.predict_x0(x0, eps, tr64(1.0, a), clip=False), x0)
 
 
-def test_per_sample_alpha_bars_equal_single_runs():
+def test_rows_of_a_batch_equal_single_rows():
+    """Elementwise arithmetic with 0-dim coefficients: each row is bit for bit its single step."""
     gen = torch.Generator().manual_seed(11)
     x = torch.randn(3, 3, 4, 4, generator=gen)
     noise = torch.randn(3, 3, 4, 4, generator=gen)
     v = torch.rand(3, 3, 4, 4, generator=gen) * 2 - 1
-    ts, prevs, aboves = [900, 400, 0], [850, 300, -1], [950, 450, 20]
-    a_t = torch.tensor([abar(t) for t in ts], dtype=torch.float64)
-    a_p = torch.tensor([abar(t) for t in prevs], dtype=torch.float64)
-    a_up = torch.tensor([abar(t) for t in aboves], dtype=torch.float64)
-    eps = torch.stack([model_eps(x[i], ts[i]) for i in range(3)])
-    batch = steps.ddpm_step(x, eps, a_t, a_p, noise, "learned_range", v, abar_above=a_up)
-    ddim = steps.ddim_step(x, eps, a_t, a_p, 0.7, noise)
-    inv = steps.ddim_invert_step(x, eps, a_p.clamp(max=0.9999), a_t)
-    for i in range(3):
-        one = steps.ddpm_step(
-            x[i : i + 1],
-            eps[i : i + 1],
-            abar(ts[i]),
-            abar(prevs[i]),
-            noise[i : i + 1],
-            "learned_range",
-            v[i : i + 1],
-            abar_above=abar(aboves[i]),
-        )
-        assert torch.allclose(batch.x_prev[i], one.x_prev[0], atol=1e-6)
-        assert torch.allclose(batch.variance[i], one.variance[0], rtol=1e-6)
-        single = steps.ddim_step(
-            x[i : i + 1], eps[i : i + 1], abar(ts[i]), abar(prevs[i]), 0.7, noise[i : i + 1]
-        )
-        assert torch.allclose(ddim.x_prev[i], single.x_prev[0], atol=1e-6)
-        up = steps.ddim_invert_step(
-            x[i : i + 1], eps[i : i + 1], min(abar(prevs[i]), 0.9999), abar(ts[i])
-        )
-        assert torch.allclose(inv[i], up[0], atol=1e-6)
-    assert float(batch.std[2].abs().max()) == 0.0 and float(batch.std[0].min()) > 0
+    eps = model_eps(x, 400)
+    trs = [
+        steps.transition(abar(400), abar(300), kind="ddpm", variance="learned_range"),
+        steps.transition(abar(400), abar(300), eta=0.7),
+        steps.transition(abar(300), abar(400)),  # upwards: inversion
+    ]
+    for tr in trs:
+        batch = steps.step(x, eps, tr, noise=noise, variance_values=v)
+        for i in range(3):
+            row = slice(i, i + 1)
+            one = steps.step(x[row], eps[row], tr, noise=noise[row], variance_values=v[row])
+            assert torch.equal(batch.x_prev[row], one.x_prev)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
@@ -422,12 +454,18 @@ def test_dtype_is_preserved(dtype):
     x = torch.randn(SHAPE).to(dtype)
     eps = model_eps(x.double(), 300).to(dtype)
     noise = torch.randn(SHAPE).to(dtype)
-    ddim = steps.ddim_step(x, eps, abar(300), abar(280), 0.5, noise)
-    ddpm = steps.ddpm_step(x, eps, abar(300), abar(280), noise, "fixed_large")
-    inv = steps.ddim_invert_step(x, eps, abar(280), abar(300))
+
+    def tr(a_t, a_p, dt=dtype, **kw):
+        return steps.transition(abar(a_t), abar(a_p), dtype=dt, **kw)
+
+    ddim = steps.step(x, eps, tr(300, 280, eta=0.5), noise=noise)
+    large = tr(300, 280, kind="ddpm", variance="fixed_large")
+    ddpm = steps.step(x, eps, large, noise=noise)
+    inv = steps.step(x, eps, tr(280, 300), clip=False, rederive=False).x_prev
     for tensor in (ddim.x_prev, ddim.x0, ddim.std, ddpm.x_prev, ddpm.std, ddpm.variance, inv):
         assert tensor.dtype == dtype
-    ref = steps.ddim_step(x.double(), eps.double(), abar(300), abar(280), 0.5, noise.double())
+    ref64 = tr(300, 280, torch.float64, eta=0.5)
+    ref = steps.step(x.double(), eps.double(), ref64, noise=noise.double())
     assert (ddim.x_prev.double() - ref.x_prev).abs().max() < (0.05 if dtype.itemsize == 2 else 1e-6)
 
 
@@ -437,9 +475,7 @@ def test_ddim_step_is_differentiable_in_x_t():
 
     def chain(x_t: torch.Tensor) -> torch.Tensor:
         for t, t_prev in [(999, 899), (899, 799)]:
-            x_t = steps.ddim_step(
-                x_t, model_eps(x_t, t), abar(t), abar(t_prev), clip_x0=False
-            ).x_prev
+            x_t = steps.step(x_t, model_eps(x_t, t), tr64(abar(t), abar(t_prev)), clip=False).x_prev
         return x_t
 
     assert torch.autograd.gradcheck(chain, (x,))
@@ -448,11 +484,15 @@ def test_ddim_step_is_differentiable_in_x_t():
 def test_errors_are_clear():
     x = torch.zeros(SHAPE)
     with pytest.raises(ValueError, match="noise"):
-        steps.ddim_step(x, x, abar(500), abar(400), eta=1.0)
-    assert torch.equal(steps.ddim_step(x, x, abar(500), 1.0, eta=1.0).x_prev, x)  # std 0: ok
-    with pytest.raises(ValueError, match="per-sample"):
-        steps.predict_x0(x, x, torch.tensor([0.5, 0.4, 0.3]))
+        steps.step(x, x, steps.transition(abar(500), abar(400), eta=1.0))
+    # std 0: no noise needed
+    assert torch.equal(steps.step(x, x, steps.transition(abar(500), 1.0, eta=1.0)).x_prev, x)
+    with pytest.raises(ValueError, match="unknown step kind"):
+        steps.transition(abar(500), abar(400), kind="euler")
     with pytest.raises(ValueError, match="unknown DDPM variance"):
-        steps.ddpm_variance("learned", abar(500), abar(400))
+        steps.transition(abar(500), abar(400), kind="ddpm", variance="learned")
+    learned = steps.transition(abar(500), abar(400), kind="ddpm", variance="learned_range")
     with pytest.raises(ValueError, match="variance_values"):
-        steps.ddpm_step(x, x, abar(500), abar(400), x, variance="learned_range")
+        steps.step(x, x, learned, noise=x)
+    with pytest.raises(ValueError, match="targets"):
+        steps.transitions_between([abar(500)], [abar(400), abar(300)])

@@ -9,10 +9,12 @@ noise prediction ``E[eps | x_t] = b (a^2 C + b^2 I)^{-1} (x_t - a m)`` is::
 
     eps* = (b / c) * (r - U diag(a^2 lam / (a^2 lam + c)) U^T r),   r = x_t - a m
 
-at ``O(d k)`` per sample.  Every per-sample quantity is computed one sample at a time on a freshly
-allocated row: batched CPU matmuls (MKL) pick different kernels, and even the alignment of a row
-inside a batch changes the summation order, so plain ``x @ U`` is NOT bit-identical between a batch
-of one and a batch of N (measured: docs/prior.md).  The per-sample loop is, by construction.
+at ``O(d k)`` per sample.  The denoiser runs on the whole batch in two matmuls.  Batched CPU
+matmuls (MKL) pick different kernels, and even the alignment of a row inside a batch changes the
+summation order, so plain ``x @ U`` is NOT bit-identical between a batch of one and a batch of N
+(measured: docs/prior.md); ``batch_invariant = True`` computes each sample on its own freshly
+allocated row instead, which is, by construction (the engine's ``deterministic`` mode gets the same
+guarantee by calling the prior one sample at a time).
 """
 
 from __future__ import annotations
@@ -163,10 +165,10 @@ class GaussianPrior(Prior):
 
     # ----------------------------------------------------------------------------- denoiser
 
-    #: compute each sample on its own (bit-identical whatever the batch size, the project's
-    #: guarantee); ``False`` uses one batched matmul, faster for large batches but equal only
-    #: up to float rounding across batch sizes
-    batch_invariant: bool = True
+    #: ``True`` computes each sample on its own (bit-identical whatever the batch size); the
+    #: default ``False`` uses one batched matmul, faster, equal across batch sizes up to float
+    #: rounding (the engine's ``deterministic`` mode then calls the prior sample by sample)
+    batch_invariant: bool = False
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | int) -> PriorOutput:
         """The exact ``E[eps | x_t]`` at ORIGINAL timesteps ``t`` (``[N]``, may differ per sample)."""
@@ -187,17 +189,15 @@ class GaussianPrior(Prior):
 
     def _batched_eps(self, x_t: torch.Tensor, coeffs: list[tuple[float, float]]) -> torch.Tensor:
         """The same formula as :meth:`forward` for the whole batch in two matmuls."""
-        dtype = self.compute_dtype
-        a, b = (
-            torch.tensor(v, dtype=torch.float64, device=x_t.device)[:, None]
-            for v in zip(*coeffs, strict=True)
-        )
+        dtype, device = self.compute_dtype, x_t.device
+        # per-sample coefficients in float64 on the CPU (MPS has no float64), cast once
+        a, b = (torch.tensor(v, dtype=torch.float64)[:, None] for v in zip(*coeffs, strict=True))
         c = a * a * float(self.s2) + b * b
-        g = a * a * self.lam.double()[None]
-        shrink = (g / (g + c)).to(dtype)
-        r = x_t.reshape(x_t.shape[0], -1).to(dtype) - a.to(dtype) * self.mean
+        g = a * a * self.lam.detach().to("cpu", torch.float64)[None]
+        shrink = (g / (g + c)).to(device=device, dtype=dtype)
+        r = x_t.reshape(x_t.shape[0], -1).to(dtype) - a.to(device=device, dtype=dtype) * self.mean
         u = self.components
-        eps = (b / c).to(dtype) * (r - ((r @ u) * shrink) @ u.T)
+        eps = (b / c).to(device=device, dtype=dtype) * (r - ((r @ u) * shrink) @ u.T)
         return eps.view_as(x_t).to(x_t.dtype)
 
     # -------------------------------------------------------------------- exact densities

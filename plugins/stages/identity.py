@@ -10,7 +10,8 @@ Weights: ``weights = "path"`` (a state dict of ``InceptionResnetV1``, e.g. facen
 ``20180402-114759-vggface2.pt``) or, by default, facenet-pytorch's cache.  No checksum of that
 file is published, so guidestack does not download it (:mod:`guidestack.plugins.weights`):
 without it the stage fails with a message that says where to get it and where to put it.  The
-network runs on one sample at a time so batches equal single runs bit for bit.
+network runs on the whole batch, or on one sample at a time in ``deterministic`` runs so that
+batches equal single runs bit for bit.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from ..networks import default_weights_path, download_weights, load_embedder
 from .properties import (
     cached_model,
     file_key,
-    per_sample,
     require_input,
+    run_network,
     user_file,
 )
 
@@ -75,6 +76,7 @@ class Identity(Stage):
         self.net = cached_model(
             ("identity", *file_key(path), str(ctx.device)), lambda: load_embedder(path, ctx.device)
         )
+        self.deterministic = ctx.deterministic
         with torch.no_grad():
             self.reference = self.embed(reference.to(ctx.device, torch.float32))
 
@@ -85,7 +87,7 @@ class Identity(Stage):
             x.float(), size=(s, s), mode="bilinear", align_corners=False, antialias=True
         )
         # facenet's fixed_image_standardization: (255 * (x + 1) / 2 - 127.5) / 128
-        return per_sample(self.net, resized * (127.5 / 128.0))
+        return run_network(self.net, resized * (127.5 / 128.0), self.deterministic)
 
     @hookimpl
     def guidance_loss(self, ctx: RunContext, state: StepState) -> torch.Tensor:

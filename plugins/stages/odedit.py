@@ -40,9 +40,10 @@ from .projections import X0Rule, confidence_clip
 
 
 def ddim_transfer(
-    x: torch.Tensor, eps: torch.Tensor, abar_from: float, abar_to: float, rule: X0Rule
+    x: torch.Tensor, eps: torch.Tensor, tr: steps.Transition, rule: X0Rule
 ) -> torch.Tensor:
-    """Deterministic DDIM between two noise levels, either way, for a given ``eps``::
+    """Deterministic DDIM between two noise levels, either way, for a given ``eps`` (the
+    engine's step kernel with eta 0)::
 
         x0   = rule((x - sqrt(1 - abar_from) eps) / sqrt(abar_from))     (rule(x) at the data)
         eps' = (x - sqrt(abar_from) x0) / sqrt(1 - abar_from)            (eps when rule is none)
@@ -51,12 +52,11 @@ def ddim_transfer(
     Down (``abar_to > abar_from``) it is the sampler's DDIM step with eta 0; up, with ``eps``
     evaluated at the start, it is DDIM inversion.  ``abar = 1`` is the data.
     """
-    if abar_from >= 1.0:
-        x0, direction = rule.apply(x), eps
-    else:
-        x0 = rule.apply(steps.predict_x0(x, eps, abar_from, clip=False))
-        direction = eps if rule.mode == "none" else steps.eps_from_x0(x, x0, abar_from)
-    return math.sqrt(abar_to) * x0 + math.sqrt(max(1.0 - abar_to, 0.0)) * direction
+    bounded = rule.mode != "none"
+    result = steps.step(
+        x, eps, tr, clip=False, x0_rule=rule.apply if bounded else None, rederive=bounded
+    )
+    return result.x_prev
 
 
 def decoder_grid(ctx: RunContext, depth: int) -> list[int]:
@@ -86,16 +86,27 @@ def ddim_invert(
     """
     latents = {-1: x}
     up = [-1, *sorted(grid)]
+    pairs = list(zip(up, up[1:], strict=False))
+    abars = {t: ctx.abar(t) for t in up}
+    kw = {"dtype": x.dtype, "device": x.device}
+    ups = steps.transitions_between(
+        [abars[s] for s, _ in pairs], [abars[t] for _, t in pairs], **kw
+    )
+    downs = (
+        steps.transitions_between([abars[t] for _, t in pairs], [abars[s] for s, _ in pairs], **kw)
+        if corrections
+        else [None] * len(pairs)
+    )
     with torch.no_grad():
-        for s, t in zip(up, up[1:], strict=False):
-            a_s, a_t = ctx.abar(s), ctx.abar(t)
+        for (s, t), tr_up, tr_down in zip(pairs, ups, downs, strict=True):
+            a_s, a_t = abars[s], abars[t]
             if clip_eta is not None and s >= 0:
                 x = confidence_clip(x, a_s, clip_eta)
             eps = ctx.denoise(x, s if s >= 0 else t).eps.to(x.dtype)
-            x_t = ddim_transfer(x, eps, a_s, a_t, rule)
+            x_t = ddim_transfer(x, eps, tr_up, rule)
             gain = math.sqrt(a_t / a_s)
             for _ in range(corrections):
-                back = ddim_transfer(x_t, ctx.denoise(x_t, t).eps.to(x.dtype), a_t, a_s, rule)
+                back = ddim_transfer(x_t, ctx.denoise(x_t, t).eps.to(x.dtype), tr_down, rule)
                 x_t = x_t + gain * (x - back)
             if clip_eta is not None and t == up[-1]:
                 x_t = confidence_clip(x_t, a_t, clip_eta)
@@ -106,10 +117,11 @@ def ddim_invert(
 
 def ddim_decode(ctx: RunContext, x: torch.Tensor, grid: list[int], rule: X0Rule) -> torch.Tensor:
     """Deterministic DDIM from ``grid[0]`` down to the data (the sampler with eta 0)."""
+    table = steps.transitions(ctx.prior.alphas_cumprod, grid, dtype=x.dtype, device=x.device)
     with torch.no_grad():
-        for t, s in zip(grid, [*grid[1:], -1], strict=True):
+        for t, tr in zip(grid, table, strict=True):
             eps = ctx.denoise(x, t).eps.to(x.dtype)
-            x = ddim_transfer(x, eps, ctx.abar(t), ctx.abar(s), rule)
+            x = ddim_transfer(x, eps, tr, rule)
     return x
 
 
@@ -331,6 +343,7 @@ def langevin_updates(
     """
     rule = rule or X0Rule()
     abar = ctx.abar(t)
+    tr = steps.transition(abar, dtype=x.dtype, device=x.device)
     sig = marginal_sigma(abar, sigma)
     scale = math.sqrt(2.0 * alpha * temperature) if noise else 0.0
     with torch.no_grad():
@@ -339,8 +352,8 @@ def langevin_updates(
                 x = confidence_clip(x, abar, clip_eta)
             eps = ctx.denoise(x, t).eps.to(x.dtype)
             if rule.mode != "none":
-                x0 = rule.apply(steps.predict_x0(x, eps, abar, clip=False))
-                eps = steps.eps_from_x0(x, x0, abar)
+                x0 = rule.apply(steps.predict_x0(x, eps, tr, clip=False))
+                eps = steps.eps_from_x0(x, x0, tr)
             x = x - (alpha / sig) * eps
             if scale > 0:
                 x = x + scale * ctx.randn_like(x)

@@ -28,8 +28,8 @@ from .. import networks
 from .properties import (
     cached_model,
     file_key,
-    per_sample,
     require_input,
+    run_network,
     sum_per_sample,
     user_file,
 )
@@ -101,7 +101,8 @@ class Perceptual(RestorerTarget):
     def guidance_loss(self, ctx: RunContext, state: StepState) -> torch.Tensor:
         target = self.target(ctx, state).float()
         pairs = torch.cat([state.x0.float(), target], dim=1)
-        maps = per_sample(lambda xy: self.model(xy[:, :3], xy[:, 3:]), pairs)
+        net = lambda xy: self.model(xy[:, :3], xy[:, 3:])  # noqa: E731
+        maps = run_network(net, pairs, ctx.deterministic)
         loss = (
             sum_per_sample(maps) if self.options.reduction == "sum" else maps.flatten(1).mean(dim=1)
         )

@@ -72,6 +72,15 @@ def per_sample(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> t
     return torch.cat([fn(x[i : i + 1].contiguous()) for i in range(x.shape[0])])
 
 
+def run_network(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, deterministic: bool
+) -> torch.Tensor:
+    """A network on the batch: one batched call by default (as fast as the hardware allows,
+    equal to single runs up to float rounding), one call per sample in ``deterministic`` runs
+    (``ctx.deterministic``), bit-identical to single runs."""
+    return per_sample(fn, x) if deterministic else fn(x)
+
+
 _MODEL_CACHE: dict[tuple[Any, ...], Any] = {}
 
 

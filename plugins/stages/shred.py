@@ -15,7 +15,9 @@ Two gradient modes:
 
 After each Adam step x_T is rescaled to the sphere of radius ``sqrt(C*H*W)`` (per sample), where
 Gaussian noise concentrates.  Every sample has its own loss, sphere and early stop (a finished
-sample is frozen), and Adam is elementwise, so a batch gives the same result as single runs.
+sample is frozen), and Adam is elementwise, so a batch gives the same result as single runs: up to
+float rounding by default (batched reductions), bit for bit in ``deterministic`` runs (one sample
+at a time).
 """
 
 from __future__ import annotations
@@ -92,20 +94,23 @@ def _registry() -> Registry:
     return default_registry()
 
 
-def _per_sample(values: torch.Tensor, norm: str) -> torch.Tensor:
-    """Reduce a residual ``[N, ...]`` to ``[N]`` one sample at a time (batch-independent bits)."""
-    out = []
-    for row in values:
-        r = row.reshape(-1)
-        if norm == "mse":
-            out.append(r.pow(2).mean())
-        elif norm == "sse":
-            out.append(r.pow(2).sum())
-        elif norm == "l2":
-            out.append(r.pow(2).sum().clamp_min(1e-20).sqrt())
-        else:
-            out.append(r.abs().mean())
-    return torch.stack(out)
+def _reduce(r: torch.Tensor, norm: str) -> torch.Tensor:
+    """The data term over the last dimension of flattened residuals (``[N, D] -> [N]``)."""
+    if norm == "mse":
+        return r.pow(2).mean(dim=-1)
+    if norm == "sse":
+        return r.pow(2).sum(dim=-1)
+    if norm == "l2":
+        return r.pow(2).sum(dim=-1).clamp_min(1e-20).sqrt()
+    return r.abs().mean(dim=-1)
+
+
+def _per_sample(values: torch.Tensor, norm: str, deterministic: bool = True) -> torch.Tensor:
+    """Reduce a residual ``[N, ...]`` to ``[N]``: batched, or one sample at a time in
+    ``deterministic`` runs (batch-independent bits)."""
+    if not deterministic:
+        return _reduce(values.reshape(values.shape[0], -1), norm)
+    return torch.stack([_reduce(row.reshape(-1), norm) for row in values])
 
 
 class Shred(Stage):
@@ -147,12 +152,22 @@ class Shred(Stage):
             return ddim_timesteps(max(1, T // delta), T, spacing="leading")
         return jump_timesteps(delta, T)
 
+    def table(self, ctx: RunContext, grid: list[int]) -> list[steps.Transition]:
+        """The jumps' DDIM coefficients, computed once per grid (not once per jump and iteration)."""
+        key = (tuple(grid), ctx.dtype, str(ctx.device))
+        cached = getattr(self, "_table", None)
+        if cached is None or cached[0] != key:
+            table = steps.transitions(
+                ctx.prior.alphas_cumprod, grid, dtype=ctx.dtype, device=ctx.device
+            )
+            self._table = cached = (key, table)
+        return cached[1]
+
     def render(self, ctx: RunContext, x_T: torch.Tensor, grid: list[int]) -> torch.Tensor:
         """Deterministic DDIM from ``x_T`` over ``grid``; differentiable in ``x_T``."""
         mode = self.options.gradient
         x = x_T
-        for i, t in enumerate(grid):
-            t_prev = grid[i + 1] if i + 1 < len(grid) else -1
+        for t, tr in zip(grid, self.table(ctx, grid), strict=True):
             if mode == "straight-through":
                 with torch.no_grad():
                     eps = ctx.denoise(x.detach(), t).eps
@@ -160,15 +175,8 @@ class Shred(Stage):
                 eps = checkpoint(_eps, ctx, x, t, use_reentrant=False)
             else:
                 eps = _eps(ctx, x, t)
-            result = steps.ddim_step(
-                x,
-                eps.to(x.dtype),
-                ctx.abar(t),
-                ctx.abar(t_prev),
-                eta=0.0,
-                clip_x0=self.options.clip_x0,
-            )
-            x = result.x_prev if t_prev >= 0 else result.x0
+            result = steps.step(x, eps.to(x.dtype), tr, clip=self.options.clip_x0)
+            x = result.x0 if tr.final else result.x_prev
         return x
 
     # --- objective ---------------------------------------------------------------------------
@@ -180,7 +188,8 @@ class Shred(Stage):
         total = None
         data = None
         if self.operator is not None:
-            data = _per_sample(self.operator(x0) - self.target, self.options.norm)
+            residual = self.operator(x0) - self.target
+            data = _per_sample(residual, self.options.norm, ctx.deterministic)
             total = self.options.data_weight * data
         other = loop.guidance_loss(x0, self.options.guidance_t)
         if other is not None:
@@ -204,7 +213,7 @@ class Shred(Stage):
         radius = math.sqrt(math.prod(ctx.shape[1:]))
         latent = torch.nn.Parameter(ctx.randn())
         if o.sphere:
-            _to_sphere(latent, radius, torch.ones(n, dtype=torch.bool))
+            _to_sphere(latent, radius, torch.ones(n, dtype=torch.bool), ctx.deterministic)
         groups: list[dict[str, Any]] = [{"params": [latent], "lr": o.lr}]
         blind = [
             p for p in (self.operator.parameters() if self.operator else []) if p.requires_grad
@@ -241,12 +250,17 @@ class Shred(Stage):
                 raise NonFiniteError(f"SHRED's loss became NaN or infinite at iteration {k}")
             values = total.detach().cpu()
             running = active.clone()
-            for i in range(n):
-                if running[i]:
-                    curves[i].append(float(values[i]))
-                    if data is not None:
-                        data_curves[i].append(float(data[i].detach()))
-            result[running.to(result.device)] = x0.detach()[running.to(x0.device)]
+            value_list = values.tolist()
+            data_list = data.detach().cpu().tolist() if data is not None else None
+            for i, live_i in enumerate(running.tolist()):
+                if live_i:
+                    curves[i].append(value_list[i])
+                    if data_list is not None:
+                        data_curves[i].append(data_list[i])
+            if bool(running.all()):
+                result.copy_(x0.detach())
+            else:
+                result[running.to(result.device)] = x0.detach()[running.to(x0.device)]
             if o.stop_below is not None:
                 finished = running & (values < o.stop_below)
                 for i in torch.nonzero(finished).flatten().tolist():
@@ -262,13 +276,16 @@ class Shred(Stage):
             if k + 1 == o.iterations or not bool(active.any()):
                 break
             (total * active.to(total.device, total.dtype)).sum().backward()
-            frozen = [p.detach()[~active.to(p.device)].clone() for p in params]
-            optimizer.step()
-            with torch.no_grad():
-                for p, keep in zip(params, frozen, strict=True):
-                    p[~active.to(p.device)] = keep
+            if bool(active.all()):
+                optimizer.step()
+            else:  # finished samples keep their latent (and operator parameters)
+                frozen = [p.detach()[~active.to(p.device)].clone() for p in params]
+                optimizer.step()
+                with torch.no_grad():
+                    for p, keep in zip(params, frozen, strict=True):
+                        p[~active.to(p.device)] = keep
             if o.sphere:
-                _to_sphere(latent, radius, active)
+                _to_sphere(latent, radius, active, ctx.deterministic)
         self._report(ctx, curves, data_curves, stopped)
         return result
 
@@ -299,9 +316,23 @@ def _eps(ctx: RunContext, x: torch.Tensor, t: int) -> torch.Tensor:
     return ctx.denoise(x, t).eps
 
 
-def _to_sphere(latent: torch.Tensor, radius: float, rows: torch.Tensor) -> None:
-    """Rescale the selected samples of ``latent`` to norm ``radius``, one sample at a time."""
+def _to_sphere(
+    latent: torch.Tensor, radius: float, rows: torch.Tensor, deterministic: bool = True
+) -> None:
+    """Rescale the selected samples of ``latent`` to norm ``radius``: batched, or one sample at
+    a time in ``deterministic`` runs."""
     with torch.no_grad():
+        if not deterministic:
+            shape = (-1, *([1] * (latent.dim() - 1)))
+            if bool(rows.all()):  # the usual case: no masked copies
+                norms = latent.flatten(1).norm(dim=1).clamp_min(1e-12)
+                latent.mul_((radius / norms).view(shape))
+                return
+            picked = rows.to(latent.device)
+            sel = latent[picked]
+            norms = sel.flatten(1).norm(dim=1).clamp_min(1e-12)
+            latent[picked] = sel * (radius / norms).view(shape)
+            return
         for i in torch.nonzero(rows).flatten().tolist():
             row = latent[i].clone()
             latent[i] = row * (radius / row.norm().clamp_min(1e-12))

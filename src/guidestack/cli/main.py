@@ -70,7 +70,15 @@ def build_parser(registry) -> argparse.ArgumentParser:
         help="denoiser dtype (default: the recipe's prior.dtype)",
     )
     run.add_argument(
-        "--batch-size", type=int, default=1, help="images per batch (results do not depend on it)"
+        "--batch-size",
+        type=int,
+        default=1,
+        help="images per batch (results equal up to float rounding; bit for bit with --deterministic)",
+    )
+    run.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="a batch is bit-identical to single runs (sampler.deterministic = true; slower)",
     )
     run.add_argument(
         "--output-size",

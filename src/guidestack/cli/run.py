@@ -142,6 +142,8 @@ def run_command(args: argparse.Namespace, registry: Registry) -> int:
     overrides = list(args.overrides) + (
         [f"sampler.steps={args.steps}"] if args.steps is not None else []
     )
+    if getattr(args, "deterministic", False):
+        overrides.append("sampler.deterministic=true")
     draft = api.load_recipe(args.recipe, set=overrides, registry=registry)
     device = api.pick_device(args.device)
     prior = api.load_prior(
