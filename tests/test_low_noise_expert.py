@@ -121,8 +121,9 @@ def test_above_the_handover_it_is_the_plain_prior_bit_for_bit():
         p.expert.seen.clear()
         assert torch.equal(p(x_t, torch.tensor([t] * 3)).eps, p.prior(x_t, t).eps)
         assert p.expert.seen == []  # the network is not even called
-    mixed = p(x_t, torch.tensor([10, 500, 100])).eps
-    assert torch.equal(mixed[1], p.prior(x_t[1:2], 500).eps[0])
+    ts = torch.tensor([10, 500, 100])
+    mixed = p(x_t, ts).eps
+    assert torch.equal(mixed[1], p.prior(x_t, ts).eps[1])  # the prior's own value, in its batch
     assert p.kind == "gaussian" and p.name == "tiny+shrink"
     assert p.floor_variance == pytest.approx(0.05)
 

@@ -62,9 +62,10 @@ class LowNoiseExpert(Prior):
     keep applying; ``name`` is ``<prior>+<expert>`` unless given.
     """
 
-    #: run the expert one sample at a time (a batch then equals single runs exactly, as for the
-    #: Gaussian prior); ``False`` runs it once on the samples that need it
-    batch_invariant: bool = True
+    #: compute each sample on its own, the expert and the wrapped prior (a batch then equals
+    #: single runs exactly); ``False`` (default) runs them batched, and the engine's
+    #: ``deterministic`` mode calls the whole prior one sample at a time instead
+    batch_invariant: bool = False
 
     def __init__(
         self,
@@ -173,6 +174,18 @@ class LowNoiseExpert(Prior):
             x0 = self.expert(y, sig)
         return (picked - a_x * x0.to(x_t.dtype)) / b_x
 
+    def _prior(self, x_t: torch.Tensor, steps: list[int]) -> PriorOutput:
+        """The wrapped prior's output, sample by sample when this wrapper is batch invariant."""
+        ts = torch.as_tensor(steps, device=x_t.device)
+        if not self.batch_invariant or getattr(self.prior, "batch_invariant", False):
+            return self.prior(x_t, ts)
+        outs = [self.prior(x_t[i : i + 1].clone(), ts[i : i + 1]) for i in range(x_t.shape[0])]
+        values = [o.variance_values for o in outs]
+        return PriorOutput(
+            eps=torch.cat([o.eps for o in outs]),
+            variance_values=None if values[0] is None else torch.cat(values),
+        )
+
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | int) -> PriorOutput:
         """``w eps_expert + (1 - w) eps_prior`` per sample; exactly the prior's where ``w = 0``."""
         steps = self._timesteps(t, x_t.shape[0])
@@ -180,7 +193,7 @@ class LowNoiseExpert(Prior):
         rows = [i for i, w in enumerate(weights) if w > 0.0]
         if rows and all(w == 1.0 for w in weights) and not self.learned_variance:
             return PriorOutput(eps=self._expert_rows(x_t, steps, rows))
-        out = self.prior(x_t, torch.as_tensor(steps, device=x_t.device))
+        out = self._prior(x_t, steps)
         if not rows:
             return out
         expert = self._expert_rows(x_t, steps, rows)
