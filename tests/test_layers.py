@@ -41,6 +41,8 @@ METHODS = {
     "difface": ("difface", "paste_known"),
     "odedit": ("odedit", "projections"),
     "shred": ("shred",),
+    "dps": ("dps",),
+    "ddnm": ("ddnm",),
 }
 
 
