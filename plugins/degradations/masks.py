@@ -64,6 +64,10 @@ class MaskOptions(LinearOptions):
         description="a mask file (white = missing), resized to the image as inputs are; default: "
         "the observation's mask (--mask)",
     )
+    optional: bool = Field(
+        False,
+        description="without a mask every pixel is known (H is the identity) instead of an error",
+    )
 
 
 class Mask(_Masking):
@@ -75,7 +79,7 @@ class Mask(_Masking):
 
     @classmethod
     def needs_mask(cls, options: BaseModel) -> bool:
-        return getattr(options, "path", None) is None
+        return getattr(options, "path", None) is None and not getattr(options, "optional", False)
 
     def prepare(self, observation: Observation) -> None:
         image = observation.image
@@ -83,6 +87,9 @@ class Mask(_Masking):
             loaded = read_image(self.options.path, kind="mask").tensor
             mask = to_square(loaded, int(image.shape[-1]), kind="mask")[0][None]
             self._mask = (mask >= 0.5).to(device=image.device, dtype=image.dtype)
+            return
+        if observation.mask is None and self.options.optional:
+            self._mask = torch.zeros_like(image[:, :1])
             return
         if observation.mask is None:
             raise InputError(

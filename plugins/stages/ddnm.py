@@ -29,6 +29,10 @@ end with ``j`` a multiple of ``travel_length`` (``j < N - travel_length``), the 
 times per position.  The re-run steps are DDNM steps (one model call each, counted); other
 stages' hooks act at the loop's own steps.
 
+In a mix, other stages' guidance moves ``x_prev`` after the projection of x0; the last step's
+output is therefore projected once more (with that step's ``lambda``: exactly for noiseless y),
+so guidance can only change what ``H`` does not see.
+
 Differences from the official code: its DDIM variant uses the model's raw eps and its own eta
 mixing ``sqrt(1 - abar_prev) (eta z + sqrt(1 - eta^2) eps)`` where the engine's DDIM re-derives
 eps from the corrected x0; with ``sampler.kind = "ddpm"`` (the recipes) there is no eps to choose.
@@ -140,6 +144,10 @@ class DDNM(Stage):
     def project(self, ctx: RunContext, state: StepState) -> None:
         if self.ratio != 1.0:
             state.x_prev = self.reduce_noise(ctx, state, state.x_prev, state.x0, state.noise)
+        if state.t_prev < 0 and self.lam > 0:
+            # the output itself: other stages' guidance moved it after the projection of x0
+            # (a no-op when nothing did, a projection is idempotent)
+            state.x_prev = self.correct(state.x_prev, self.lam)
         if self.options.travel_repeat > 1:
             state.x_prev = self.travel(ctx, state.index + 1, state.x_prev)
 
