@@ -46,6 +46,8 @@ _EXPORTS = {
     "list_recipes": "guidestack.api",
     "requirements": "guidestack.api",
     "pick_device": "guidestack.api",
+    "preflight": "guidestack.api",
+    "pipeline_hints": "guidestack.api",
     "derive_seed": "guidestack.api",
     "HOOK_API_VERSION": "guidestack.api",
     "list_plugins": "guidestack.api",

@@ -165,6 +165,7 @@ def run_command(args: argparse.Namespace, registry: Registry) -> int:
     faces = faces_options(args) if args.faces else False
     if faces is not False:
         api.check_faces_options(faces, registry=registry)
+    api.preflight(recipe, prior, device=device, registry=registry)
     args.output_size = output_size(str(args.output_size))
     api.check_output_size(args.output_size)
     api.resolve_upsampler(args.upsampler or recipe.output.upsampler, registry=registry)
@@ -191,7 +192,10 @@ def _run_locked(items, recipe, prior, registry, device, outdir, args, faces) -> 
             item.status, item.info = "done", {**finished[item.name], "resumed": True}
     todo = [item for item in items if item.status == "pending"]
     planned = _planned(todo, args.trajectory > 0, outdir) + ([] if args.resume else [MANIFEST])
-    outdir = prepare_output_dir(outdir, planned, args.overwrite or args.resume)
+    try:
+        outdir = prepare_output_dir(outdir, planned, args.overwrite or args.resume)
+    except OutputError as exc:
+        raise OutputError(f"{exc}{_interrupted_hint(outdir)}") from None
 
     for item in todo:
         try:
@@ -222,6 +226,22 @@ def _run_locked(items, recipe, prior, registry, device, outdir, args, faces) -> 
     if any(i.status == "failed" for i in items):
         return 1
     return 2 if failed else 0
+
+
+def _interrupted_hint(outdir: Path) -> str:
+    """`` or pass --resume ...`` when ``outdir`` holds a run that did not finish."""
+    try:
+        previous = json.loads((outdir / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return ""
+    inputs = previous.get("inputs", [])
+    done = sum(1 for entry in inputs if entry.get("status") == "done")
+    if not inputs or done == len(inputs):
+        return ""
+    return (
+        f"; {outdir} holds an interrupted run ({done} of {len(inputs)} inputs done): pass "
+        "--resume to continue it with the same arguments"
+    )
 
 
 def _find_companions(item: Item, args: argparse.Namespace) -> None:
@@ -328,6 +348,8 @@ def _run_batch(
             continue
         entry = dict(result.entry)
         entry.pop("name", None)
+        for hint in entry.get("hints", []):
+            print(f"hint: {item.path.name}: {hint}", file=sys.stderr)
         warnings = [*_file_warnings(item), *entry.pop("warnings", [])]
         item.info = {**entry, "outputs": outputs, "checksums": checksums(outdir, outputs)}
         if warnings:
