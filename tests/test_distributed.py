@@ -200,6 +200,36 @@ def test_a_killed_process_then_a_resume_with_one_process(tmp_path, paced):
     nothing_left(out)
 
 
+def test_torchrun_restarts_the_processes_and_the_run_goes_on(tmp_path):
+    """With --max-restarts and --resume, torchrun restarts both processes after one is killed
+    and the one command completes the set, keeping what was recorded done."""
+    inputs = make_inputs(tmp_path / "in")
+    recipe = dist_worker.recipe(tmp_path, delay=0.2)
+    out = tmp_path / "out"
+    restarting = [*LAUNCH[:-1], "2", "--max-restarts", "1"]
+    proc = subprocess.Popen(
+        [*restarting, WORKER, "run", recipe, str(inputs), "-o", str(out), *ARGS, "--resume"],
+        env=clean_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        victim = rank_pid(out, 1)
+        deadline = time.monotonic() + WAIT
+        while len(recorded(out)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        before = recorded(out)
+        os.kill(victim, signal.SIGKILL)
+        err = proc.communicate(timeout=WAIT)[1]
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    entries = report(out)["inputs"]
+    assert [e["status"] for e in entries] == ["done"] * 6, err
+    assert before <= {e["name"] for e in entries if e.get("resumed")}
+    nothing_left(out)
+
+
 # --- processes started as srun starts them: the others go on when one dies ---------------------
 
 

@@ -70,9 +70,15 @@ class Launch:
         if dist.is_initialized():  # a Python caller's group (maybe nccl): talk over gloo
             self.group = dist.new_group(backend="gloo")
         else:
+            store, _, _ = next(
+                dist.rendezvous(self._init_method(), self.world.rank, self.world.size)
+            )
+            # torchrun's restarts (--max-restarts) reuse its store: keys of the attempt that
+            # failed would point this one's processes at dead peers
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
             dist.init_process_group(
                 "gloo",
-                init_method=self._init_method(),
+                store=dist.PrefixStore(f"guidestack/{attempt}", store),
                 rank=self.world.rank,
                 world_size=self.world.size,
             )
@@ -84,7 +90,11 @@ class Launch:
         if env.get("MASTER_ADDR") and env.get("MASTER_PORT"):
             return "env://"
         if self.world.launcher == "slurm":
-            step = f"{env.get('SLURM_JOB_ID', 'job')}.{env.get('SLURM_STEP_ID', 'step')}"
+            # a requeued job reuses its job and step ids: the restart count tells them apart
+            step = ".".join(
+                env.get(key, "0")
+                for key in ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_RESTART_COUNT")
+            )
             self.outdir.mkdir(parents=True, exist_ok=True)
             return (self.outdir / f"{RENDEZVOUS}-{step}").resolve().as_uri()
         raise UsageError(
