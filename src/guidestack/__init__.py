@@ -23,6 +23,9 @@ _EXPORTS = {
     "load_recipe": "guidestack.api",
     "Result": "guidestack.result",
     "Trajectory": "guidestack.result",
+    "run_distributed": "guidestack.distributed",
+    "shard": "guidestack.distributed",
+    "World": "guidestack.distributed",
     # extending
     "guidance": "guidestack.engine.functional",
     "register": "guidestack.api",
