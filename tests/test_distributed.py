@@ -98,16 +98,19 @@ def paced(monkeypatch):
 
 
 def test_two_processes_write_byte_for_byte_what_one_writes(tmp_path):
+    """With --deterministic (a batch equals its single runs bit for bit) the outputs do not
+    depend on the process count nor on how the inputs were batched."""
     inputs = make_inputs(tmp_path / "in")
     two, one = tmp_path / "two", tmp_path / "one"
     cmd = [*LAUNCH, "-m", "guidestack", "run", "restore", str(inputs), "-o", str(two), *ARGS]
+    cmd.append("--deterministic")
     proc = subprocess.run(
         [*cmd, "--batch-size", "2"], env=clean_env(), capture_output=True, text=True, timeout=WAIT
     )
     assert proc.returncode == 0, proc.stderr
     assert "6 of 6 image(s) restored" in proc.stderr and "by 2 processes" in proc.stderr
     with one_thread():
-        assert main(["run", "restore", str(inputs), "-o", str(one), *ARGS]) == 0
+        assert main(["run", "restore", str(inputs), "-o", str(one), *ARGS, "--deterministic"]) == 0
     written = sorted(p.name for p in one.glob("*.png"))
     assert len(written) == 12 and written == sorted(p.name for p in two.glob("*.png"))
     for name in written:
@@ -408,7 +411,7 @@ def test_the_python_api_runs_each_share_and_the_queue_hands_out_each_input_once(
         for result in run_distributed(recipe, prior, files, seed=5, world=World(rank, 2)):
             by_share[result.name] = result.image
     assert by_share.keys() == alone.keys()
-    assert all(torch.equal(by_share[n], alone[n]) for n in alone)
+    assert all((by_share[n] - alone[n]).abs().max() < 1e-5 for n in alone)  # batched: 1e-5
     queue = tmp_path / "queue"
     # process 0 alone takes its share, then process 1's; process 1 arrives to find none left
     first = [
