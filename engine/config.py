@@ -35,7 +35,29 @@ class SamplerConfig(StrictModel):
     start: int | None = Field(
         None, ge=0, description="ORIGINAL timestep to start from (default: the top of the schedule)"
     )
+    respacing: Literal["sections", "stride"] = Field(
+        "sections",
+        description=(
+            "how DDPM keeps `steps` of the T timesteps (guided-diffusion's timestep_respacing):"
+            " sections = 'N', evenly spread with both ends kept (999, 946, ... for 20);"
+            " stride = 'ddimN'/PGDiff's 'ddpmN', range(0, T, s) (950, 900, ..., 0 for 20)"
+        ),
+    )
     clip_x0: bool = Field(True, description="clip the x0 prediction to [-1, 1] at every step")
+    eps: Literal["rederived", "raw"] = Field(
+        "rederived",
+        description=(
+            "the DDIM direction: rederived from the final (clipped, thresholded, guided) x0,"
+            " or the model's raw eps (DifFace's code; diffusers' default)"
+        ),
+    )
+    last_step: Literal["data", "above"] = Field(
+        "data",
+        description=(
+            "where DDIM's step from the last grid point goes: to the data (alpha_bar 1), or to the"
+            " grid point above it (the CODE notebook's off-by-one: t = 0 -> 5)"
+        ),
+    )
     deterministic: bool = Field(
         False,
         description=(
@@ -43,6 +65,16 @@ class SamplerConfig(StrictModel):
             " sample at a time); false: batched, equal to single runs up to float rounding (1e-5)"
         ),
     )
+
+    @model_validator(mode="after")
+    def _kind_options(self) -> SamplerConfig:
+        if self.kind == "ddim" and self.respacing != "sections":
+            raise ValueError("respacing applies to kind = 'ddpm' (DDIM's grid is `spacing`)")
+        if self.kind == "ddpm" and self.eps != "rederived":
+            raise ValueError("eps applies to kind = 'ddim' (the DDPM step does not use eps)")
+        if self.kind == "ddpm" and self.last_step != "data":
+            raise ValueError("last_step applies to kind = 'ddim'")
+        return self
 
 
 class GuidanceConfig(StrictModel):

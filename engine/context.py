@@ -133,6 +133,10 @@ class RunContext:
     report: dict[str, Any] = field(default_factory=dict)
     #: called as ``callback(event, **info)`` for progress bars and trajectory recording
     callback: Callable[..., None] | None = None
+    #: replaces the per-sample generators when set: ``noise_source(shape)`` returns the next
+    #: standard normal batch of ``shape``.  For replaying noise recorded elsewhere (the golden
+    #: tests replay the CODE notebook's); a stage sets it in ``setup``.
+    noise_source: Callable[[tuple[int, ...]], torch.Tensor] | None = None
 
     @property
     def batch_size(self) -> int:
@@ -150,6 +154,8 @@ class RunContext:
     def randn(self, shape: tuple[int, ...] | None = None) -> torch.Tensor:
         """Standard normal noise of ``shape`` (default: the image batch), one generator per sample."""
         shape = shape or self.shape
+        if self.noise_source is not None:
+            return self.noise_source(tuple(shape)).to(device=self.device, dtype=self.dtype)
         per_sample = shape[1:]
         return torch.stack(
             [

@@ -56,6 +56,11 @@ class Pipeline:
     def __init__(self, options: BaseModel | None = None):
         self.options = options if options is not None else self.Options()
 
+    def hint(self, photo: torch.Tensor) -> str | None:
+        """A suggestion for a photo run WITHOUT this pipeline that it would handle better (the
+        faces pipeline: "3 faces found, use faces"), or ``None``; cheap, and never raises."""
+        return None
+
     def run(
         self,
         photo: torch.Tensor,

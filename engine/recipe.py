@@ -4,7 +4,7 @@ A recipe is data, never code: it names registered plugins, not import paths.  Re
 
 1. read the TOML (a built-in or plugin recipe name, or a ``.toml`` path);
 2. merge ``extends`` bases (tables merge key by key; a child's ``[[stage]]`` list replaces the
-   base's);
+   base's, its ``[stage.<id>]`` tables change options of the base's stages);
 3. apply ``per_prior`` tables for the prior in use (keyed by prior name or backend kind);
 4. apply ``--set path=value`` overrides (values parsed as TOML);
 5. validate ``[prior]``, ``[sampler]``, ``[guidance]`` and each ``[[stage]]`` with the stage's
@@ -232,7 +232,12 @@ def load_raw(
             (f"extends ({exc.source})" + (f".{p}" if p else ""), m) for p, m in exc.problems
         ]
         raise RecipeError(label, problems) from exc
-    merged = deep_merge(base_raw, {k: v for k, v in raw.items() if k != "extends"})
+    child = {k: v for k, v in raw.items() if k != "extends"}
+    # `[stage.<id>]` tables (not a `[[stage]]` list) change options of the base's stages
+    edits = child.pop("stage") if isinstance(child.get("stage"), dict) else None
+    merged = deep_merge(base_raw, child)
+    for path, value in flatten({"stage": edits or {}}):
+        set_path(merged, path, copy.deepcopy(value), label)
     if "description" not in raw:
         merged["description"] = base_raw.get("description", "")
     return label, merged, base_dir if base_dir is not None else parent_dir

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from .context import Observation, RunContext
+from .errors import GuidestackError, StageError
 from .loop_api import RunResult
 from .prior import Prior
 from .recipe import Recipe
@@ -71,8 +72,56 @@ def run_recipe(
         raise ValueError(
             f"need one seed per sample: {len(seeds)} seeds for {observation.batch_size} images"
         )
+    ctx = _context(recipe, prior, observation, seeds, registry, device, callback)
+    stages = build_stages(recipe, registry, extra_stages)
+    started = time.perf_counter()
+    result = run_stages(ctx, stages)
+    ctx.report["seconds"] = time.perf_counter() - started
+    ctx.report["model_calls"] = ctx.model_calls
+    ctx.report["seeds"] = list(seeds)
+    return result, ctx
+
+
+def preflight(
+    recipe: Recipe,
+    prior: Prior,
+    registry: Registry,
+    *,
+    needs: set[str] = frozenset(),
+    device: torch.device | str | None = None,
+) -> None:
+    """Set every stage of ``recipe`` up once on a blank observation (zeros at the prior's size,
+    with a mask and a reference where ``needs`` says), without sampling: whole-run problems such
+    as missing weights or a restorer that cannot load are raised once, before any input runs,
+    instead of once per input after sampling.  Loaded networks stay cached for the run."""
+    size, channels = prior.image_size, prior.channels
+    blank = torch.zeros(1, channels, size, size)
+    observation = Observation(
+        image=blank,
+        mask=torch.zeros(1, 1, size, size) if "mask" in needs else None,
+        reference=blank.clone() if "reference" in needs else None,
+    )
+    ctx = _context(recipe, prior, observation, [0], registry, device, None)
+    for stage in build_stages(recipe, registry).stages:
+        try:
+            stage.setup(ctx)
+        except GuidestackError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - reported with the stage that raised it
+            raise StageError(stage.id, "setup", None, None, exc) from exc
+
+
+def _context(
+    recipe: Recipe,
+    prior: Prior,
+    observation: Observation,
+    seeds: list[int],
+    registry: Registry,
+    device: torch.device | str | None,
+    callback: Callable[..., None] | None,
+) -> RunContext:
     device = torch.device(device) if device is not None else prior.device
-    ctx = RunContext(
+    return RunContext(
         prior=prior,
         observation=observation.to(device),
         timesteps=grid_for(recipe.sampler, prior.num_train_timesteps),
@@ -84,13 +133,6 @@ def run_recipe(
         callback=callback,
         registry=registry,
     )
-    stages = build_stages(recipe, registry, extra_stages)
-    started = time.perf_counter()
-    result = run_stages(ctx, stages)
-    ctx.report["seconds"] = time.perf_counter() - started
-    ctx.report["model_calls"] = ctx.model_calls
-    ctx.report["seeds"] = list(seeds)
-    return result, ctx
 
 
 def summary(ctx: RunContext) -> dict[str, Any]:

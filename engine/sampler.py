@@ -23,6 +23,7 @@ whole loop (SHRED); after it ``finalize`` has the last word.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
@@ -43,19 +44,34 @@ def grid_for(
     """The ORIGINAL timesteps a sampler configuration visits, from ``start`` (default: the
     configured start, else the top of the schedule) down to the last grid point.
 
-    DDIM uses diffusers' spacings; DDPM uses guided-diffusion's respacing (PGDiff, DifFace).
-    The first model call is at exactly ``start``.
+    DDIM uses diffusers' spacings; DDPM uses guided-diffusion's respacing (PGDiff, DifFace):
+    section counts ``"N"`` or, with ``respacing = "stride"``, ``"ddimN"`` (PGDiff's README's
+    ``ddpmN``).  The first model call is at exactly ``start``.
     """
     start = sampler.start if start is None else start
     if sampler.kind == "ddim":
         return schedules.ddim_timesteps(
             sampler.steps, num_train_timesteps, start=start, spacing=sampler.spacing
         )
-    grid = schedules.respaced_timesteps(sampler.steps, num_train_timesteps)
+    counts = f"ddim{sampler.steps}" if sampler.respacing == "stride" else sampler.steps
+    grid = schedules.respaced_timesteps(counts, num_train_timesteps)
     if start is None:
         return grid
     below = [t for t in grid if t < start]
     return [start, *below]
+
+
+def transitions_for(
+    alphas_cumprod: torch.Tensor, grid: list[int], *, last_step: str = "data", **kw: Any
+) -> list[steps.Transition]:
+    """The kernel's step table of ``grid`` (``kw``: :func:`steps.transitions`' options), whose
+    last step goes to the data, or with ``last_step = "above"`` (``sampler.last_step``) back up
+    to the grid point above the last one (the CODE notebook's final step)."""
+    table = steps.transitions(alphas_cumprod, grid, **kw)
+    if last_step == "above" and len(grid) > 1:
+        abar = alphas_cumprod.detach().to("cpu", torch.float64)
+        table[-1] = steps.transition(float(abar[grid[-1]]), float(abar[grid[-2]]), **kw)
+    return table
 
 
 class Loop:
@@ -132,9 +148,10 @@ class Loop:
         if found is None:
             ctx = self.ctx
             cfg = ctx.sampler
-            found = self._tables[key] = steps.transitions(
+            found = self._tables[key] = transitions_for(
                 ctx.prior.alphas_cumprod,
                 grid,
+                last_step=cfg.last_step,
                 kind=cfg.kind,
                 eta=cfg.eta,
                 variance=self.variance_kind(),
@@ -297,8 +314,12 @@ class Loop:
             if values is None:
                 raise NonFiniteError("variance 'learned_range' needs a prior with learned variance")
             values = values.to(ctx.dtype)
-        # DDIM re-derives its direction from the (clipped, transformed, guided) x0
-        direction = steps.eps_from_x0(state.x_t, state.x0, tr) if tr.kind == "ddim" else None
+        # DDIM re-derives its direction from the (clipped, transformed, guided) x0, or keeps the
+        # model's raw eps (sampler.eps = "raw")
+        direction = None
+        if tr.kind == "ddim":
+            rederive = ctx.sampler.eps == "rederived"
+            direction = steps.eps_from_x0(state.x_t, state.x0, tr) if rederive else state.eps
         state.mean, state.std, state.variance = steps.moments(
             tr, state.x_t, state.x0, direction, values
         )

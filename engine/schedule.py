@@ -71,7 +71,7 @@ def ddim_timesteps(
 
     ``start`` (an ORIGINAL timestep, e.g. DifFace's N = 400) runs the same spacing from
     ``start`` down, so the FIRST model call is at exactly ``t = start`` (DifFace's official code
-    starts one grid step late; we do not).  Precisely, the grid is::
+    starts one grid step late: the ``difface`` stage's ``first_call = "below"``).  Precisely, the grid is::
 
         start - (G[0] - G[k])   for k = 0, 1, ...   while the value is >= 0
 

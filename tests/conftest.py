@@ -35,3 +35,38 @@ def registry():
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+def _needs_shared_data(item: pytest.Item) -> bool:
+    """Whether the test (or one of its fixtures) reads ../shared/data through :func:`shared`."""
+    import inspect
+
+    functions = [getattr(item, "function", None)]
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in info.name2fixturedefs.values() if info else ():
+        functions += [d.func for d in defs]
+    for fn in functions:
+        try:
+            if fn is not None and "shared(" in inspect.getsource(fn):
+                return True
+        except (OSError, TypeError):
+            continue
+    return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without ../shared/data, say so once, before the tests run, with how many it skips."""
+    if SHARED_DATA.exists():
+        return
+    needing = [item for item in items if _needs_shared_data(item)]
+    reason = f"shared test data not found: {SHARED_DATA}"
+    for item in needing:
+        item.add_marker(pytest.mark.skip(reason=reason))
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(
+            f"NOTE: {SHARED_DATA} is missing: {len(needing)} of {len(items)} tests need it and "
+            "are skipped (the face images and weights of ../shared/data; see its PROVENANCE.md)",
+            yellow=True,
+            bold=True,
+        )

@@ -98,7 +98,7 @@ def test_output_diversity_over_seeds_grows_with_eta(registry):
     """Exact toy prior, start 100 on the 250-step grid: the spread over 16 seeds grows with eta.
 
     (On gaussian-faces-64 the spread is dominated by its isotropic grain and grows only slightly
-    at this start; see docs/recipes.md.)"""
+    at this start; see docs/difface.md.)"""
     prior = toys.DiagonalGaussianPrior(size=8)
     y = clean().expand(16, -1, -1, -1)
     seeds = list(range(16))

@@ -4,8 +4,9 @@ These tests pin what a comparison with the official code rests on, independently
 samplers: each record names its source; the tiny denoisers built by tests/golden.py give the
 official code's first model evaluation again (computed here by hand from the formulas); and the
 noise each official run drew is the stream a per-sample ``torch.Generator`` gives for the same
-seed (or, for CODE, which parts of it).  The comparisons of whole runs belong to the presets that
-reproduce each official pipeline (README.md there: "how to run each setup in guidestack").
+seed (or, for CODE, which parts of it).  The comparisons of whole runs are in tests/test_golden.py:
+the presets that reproduce each official pipeline (README.md there, "The presets that reproduce
+each setup").
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 * the engine (``guidestack.engine``) imports nothing of guidestack but itself;
 * image files (``guidestack.io``) import only the engine's errors and themselves;
-* the public API (``guidestack``, ``guidestack.api``, ``.result``, ``.progress``) imports the
+* the public API (``guidestack``, ``guidestack.api``, ``.result``, ``.progress``,
+  ``.distributed``) imports the
   engine and ``guidestack.io``, never a plugin or an application;
 * the applications (the CLI, the web UI, the bench) use only the public API;
 * one method's stages never import another method's modules, and nothing outside the stages
@@ -25,7 +26,13 @@ ROOTS = {
     "plugins": "guidestack.plugins",
     "src/guidestack": "guidestack",
 }
-PUBLIC_API = ("guidestack", "guidestack.api", "guidestack.result", "guidestack.progress")
+PUBLIC_API = (
+    "guidestack",
+    "guidestack.api",
+    "guidestack.result",
+    "guidestack.progress",
+    "guidestack.distributed",
+)
 #: the methods' stage modules (plugins/stages/<module>.py), by method
 METHODS = {
     "pgdiff": (

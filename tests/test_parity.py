@@ -1,8 +1,8 @@
 """Plain recipes run through the production path equal diffusers' pipelines.
 
-The same seeded tiny ``UNet2DModel`` drives ``guidestack.engine.run.run_recipe`` (a validated
-recipe, the diffusers prior adapter) and diffusers' ``DDIMPipeline`` / ``DDPMPipeline``, with one
-generator per sample on both sides; the images must agree to 1e-4 (in [-1, 1]).  DDIM
+The same seeded tiny ``UNet2DModel`` drives the public API (``guidestack.run`` with a recipe
+dict, ``guidestack.load_prior(unet, scheduler=...)``) and diffusers' ``DDIMPipeline`` /
+``DDPMPipeline``, with one generator per sample on both sides (``seeds=``); the images must agree to 1e-4 (in [-1, 1]).  DDIM
 re-derives its direction from the clipped x0 (``use_clipped_model_output=True`` on diffusers'
 side); DDPM runs the full 1000-step grid, where guided-diffusion's respacing (ours) and
 diffusers' leading spacing are the same grid.
@@ -14,11 +14,8 @@ import pytest
 import torch
 from diffusers import DDIMPipeline, DDPMPipeline, DDPMScheduler, UNet2DModel
 
-from guidestack.engine.context import Observation
-from guidestack.engine.run import run_recipe
-from guidestack.plugins.priors.diffusers_prior import DiffusersPrior
+import guidestack as gs
 from guidestack.plugins.priors.tiny import build_tiny_unet, tiny_scheduler
-from guidestack.testing import make_recipe
 
 SEEDS = [7, 8]
 TOL = 1e-4
@@ -33,12 +30,18 @@ def _one_thread():
 
 
 def ours(registry, unet, config, sampler) -> torch.Tensor:
-    prior = DiffusersPrior(unet, config)
+    scheduler = DDPMScheduler.from_config(config)
+    prior = gs.load_prior(unet, scheduler=scheduler, registry=registry)
     size = prior.image_size
-    obs = Observation(image=torch.zeros(len(SEEDS), 3, size, size))
-    recipe = make_recipe({"sampler": sampler}, registry)
-    result, ctx = run_recipe(recipe, prior, obs, SEEDS, registry)
-    return result.image
+    results = gs.run(
+        {"sampler": sampler},
+        prior,
+        torch.zeros(len(SEEDS), 3, size, size),
+        seeds=SEEDS,
+        output_size="prior",
+        registry=registry,
+    )
+    return torch.stack([r.image for r in results])
 
 
 def generators() -> list[torch.Generator]:

@@ -132,6 +132,24 @@ def test_extends_builtin_by_name(registry, tmp_path):
     assert recipe.stages[0].use == "smooth-semantics"
 
 
+def test_extends_stage_tables_change_the_bases_stages(registry, tmp_path):
+    """``[stage.<id>]`` tables (instead of a ``[[stage]]`` list) edit the base's stages in place:
+    options merge, nested references are replaced whole, the list and its order stay."""
+    (tmp_path / "base.toml").write_text(GOOD + '[[stage]]\nuse = "lightness"\nid = "light"\n')
+    (tmp_path / "child.toml").write_text(
+        'extends = "base.toml"\n[stage.light]\nweight = 3.0\n'
+        '[stage.smooth-semantics]\nrestorer = { use = "median" }\n'
+    )
+    recipe = load_recipe(str(tmp_path / "child.toml"), registry)
+    assert [s.id or s.use for s in recipe.stages] == ["smooth-semantics", "light"]
+    assert recipe.stages[1].weight == 3.0 and recipe.stages[0].weight == 1.0
+    assert recipe.stages[0].restorer.use == "median"
+    assert "sigma" not in recipe.stages[0].restorer.options_dict()
+    (tmp_path / "bad.toml").write_text('extends = "base.toml"\n[stage.nope]\nweight = 1.0\n')
+    with pytest.raises(RecipeError, match="no stage with id 'nope'"):
+        load_recipe(str(tmp_path / "bad.toml"), registry)
+
+
 def test_set_overrides_are_toml_typed(registry, tmp_path):
     (tmp_path / "r.toml").write_text(GOOD)
     recipe = load_recipe(

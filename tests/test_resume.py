@@ -84,7 +84,20 @@ def test_resume_refuses_a_different_run(tmp_path, capsys):
     code = main(["run", ARGS[0], str(inputs), "-o", str(out), *ARGS[1:], "--seed", "8", "--resume"])
     assert code == 2
     assert "another recipe, prior, seed" in capsys.readouterr().err
-    assert (
-        main(["run", ARGS[0], str(inputs), "-o", str(tmp_path / "none"), *ARGS[1:], "--resume"])
-        == 2
-    )
+
+
+def test_resume_without_a_run_starts_one_and_overwrites_nothing(tmp_path, capsys):
+    """`--resume` in every launch (torchrun --max-restarts, a requeued SLURM job): with no
+    run.json it is a new run, which still refuses to replace files it did not write."""
+    inputs = make_inputs(tmp_path / "in", n=1)
+    fresh = tmp_path / "fresh"
+    assert main(["run", ARGS[0], str(inputs), "-o", str(fresh), *ARGS[1:], "--resume"]) == 0
+    assert "new run" in capsys.readouterr().err
+    assert (fresh / "face0.png").is_file() and (fresh / "run.json").is_file()
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "face0.png").write_bytes(b"not ours")
+    assert main(["run", ARGS[0], str(inputs), "-o", str(foreign), *ARGS[1:], "--resume"]) == 2
+    assert "already exist" in capsys.readouterr().err
+    assert (foreign / "face0.png").read_bytes() == b"not ours"

@@ -42,7 +42,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: cuda if available)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier report")
-    p.add_argument("--quiet", action="store_true", help="no per-run lines")
 
 
 def run(args: argparse.Namespace, registry: Registry) -> int:

@@ -46,6 +46,9 @@ RestoreFn = Callable[[torch.Tensor], torch.Tensor]
 UpsampleFn = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
 #: the largest face side accepted as --min-face (the longest side an input may have)
 MAX_SIDE = 16384
+#: photos at least this large (longest side) are checked for several faces when run without
+#: the pipeline, on a copy this large
+HINT_SIDE = 256
 #: a restored face whose sharpness (variance of the Laplacian) falls below this share of the
 #: original's is reported as blurrier than the input
 BLURRIER = 0.5
@@ -246,6 +249,25 @@ class FacesPipeline(Pipeline):
     name = "faces"
     description = "restore every face of a photo: detect (MTCNN), align, restore, paste back"
     Options = FacesOptions
+
+    def hint(self, photo: torch.Tensor) -> str | None:
+        """Several faces in a photo run as one image: suggest ``--faces`` (detection on a copy of
+        at most :data:`HINT_SIDE` pixels; photos smaller than that are skipped)."""
+        if max(photo.shape[-2:]) < HINT_SIDE:
+            return None
+        try:
+            found = detect_faces(photo, min_face=self.options.min_face, detect_side=HINT_SIDE)
+        except Exception:  # noqa: BLE001 - a hint must never fail a run
+            return None
+        kept, _ = select_faces(
+            found, threshold=self.options.threshold, min_face=self.options.min_face
+        )
+        if len(kept) < 2:
+            return None
+        return (
+            f"{len(kept)} faces found in this photo; to restore each of them, run with --faces "
+            "(Python: faces=True)"
+        )
 
     def run(
         self,

@@ -2,7 +2,7 @@
 
 ``x_N = sqrt(abar_N) f(y) + sqrt(1 - abar_N) eps`` at an ORIGINAL start time ``N``; the loop then
 samples from exactly ``N`` (the first model call is at ``t = N``; the official code noises to
-``N`` but makes its first call one grid step lower, which we do not copy).  Forward diffusion
+``N`` but makes its first call one grid step lower: ``first_call = "below"``).  Forward diffusion
 shrinks the restorer's error by ``sqrt(abar_N)`` while the noise lets the prior replace what the
 restorer got wrong, and different seeds give different plausible faces.
 
@@ -15,7 +15,7 @@ guidance property with the engine's ``x0`` rule, and the paste-back is the ``pas
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +27,7 @@ from guidestack.engine.hookspecs import hookimpl
 from guidestack.engine.refs import RestorerRef
 from guidestack.engine.registry import Registry
 from guidestack.engine.restorer import restore
+from guidestack.engine.sampler import grid_for
 from guidestack.engine.stage import Stage, StageOptions
 
 from .paste_known import PasteKnown
@@ -44,6 +45,14 @@ class DifFaceOptions(StageOptions):
         400,
         ge=0,
         description="ORIGINAL timestep N the run starts from (paper: 400 restoration, 480 inpainting)",
+    )
+    first_call: Literal["start", "below"] = Field(
+        "start",
+        description=(
+            "start: the first model call is at N, the noise level of x_N; below: at the sampler's"
+            " grid point below N, x_N taken as that latent (the official code: 396 for N = 400"
+            " on ddim250)"
+        ),
     )
     fill_missing: bool = Field(
         False,
@@ -98,7 +107,18 @@ class DifFace(Stage):
         abar = ctx.abar(n)
         x_n = math.sqrt(abar) * x0_hat + math.sqrt(1.0 - abar) * ctx.randn_like(x0_hat)
         ctx.report[f"{self.id}.start"] = n
-        return InitialLatent(x_n, n)
+        return InitialLatent(x_n, self.first_call(ctx, n))
+
+    def first_call(self, ctx: RunContext, n: int) -> int:
+        """The ORIGINAL timestep of the first model call for a latent noised to ``n``."""
+        if self.options.first_call == "start":
+            return n
+        grid = grid_for(ctx.sampler, ctx.prior.num_train_timesteps, start=n)
+        if len(grid) < 2:
+            raise UsageError(
+                f"stage '{self.id}': first_call = 'below' needs a grid point below start {n}"
+            )
+        return grid[1]
 
 
 def fill_missing(y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ from guidestack.engine.errors import UsageError
 from guidestack.engine.hookspecs import hookimpl
 from guidestack.engine.loop_api import RunResult
 from guidestack.engine.registry import Registry
-from guidestack.engine.sampler import grid_for
+from guidestack.engine.sampler import grid_for, transitions_for
 from guidestack.engine.schedule import ddim_timesteps
 from guidestack.engine.stage import Stage, StageOptions
 
@@ -74,8 +74,11 @@ def ddim_invert(
     *,
     corrections: int = 0,
     clip_eta: float | None = None,
+    from_data: bool = True,
 ) -> dict[int, torch.Tensor]:
     """Invert ``x`` (the data, ``t = -1``) up a descending ``grid``; returns every latent by t.
+    With ``from_data = False`` ``x`` is taken as the latent at the grid's lowest point and the
+    inversion starts there (the CODE notebook).
 
     A plain step from ``s`` to ``t`` uses ``eps(x_s, s)`` (``eps(x, t)`` from the data).  Each of
     the ``corrections`` then evaluates the decoder step ``D`` (DDIM from ``t`` down to ``s``) at
@@ -84,8 +87,8 @@ def ddim_invert(
     re-inverting with ``eps(x_t, t)``).  ``clip_eta`` confidence-clips each latent first (CODE's
     CBC during encoding).  Every model call goes through ``ctx.denoise``.
     """
-    latents = {-1: x}
-    up = [-1, *sorted(grid)]
+    up = [-1, *sorted(grid)] if from_data else sorted(grid)
+    latents = {up[0]: x}
     pairs = list(zip(up, up[1:], strict=False))
     abars = {t: ctx.abar(t) for t in up}
     kw = {"dtype": x.dtype, "device": x.device}
@@ -116,8 +119,15 @@ def ddim_invert(
 
 
 def ddim_decode(ctx: RunContext, x: torch.Tensor, grid: list[int], rule: X0Rule) -> torch.Tensor:
-    """Deterministic DDIM from ``grid[0]`` down to the data (the sampler with eta 0)."""
-    table = steps.transitions(ctx.prior.alphas_cumprod, grid, dtype=x.dtype, device=x.device)
+    """Deterministic DDIM from ``grid[0]`` down to the data (the sampler with eta 0, its
+    ``last_step`` included)."""
+    table = transitions_for(
+        ctx.prior.alphas_cumprod,
+        grid,
+        last_step=ctx.sampler.last_step,
+        dtype=x.dtype,
+        device=x.device,
+    )
     with torch.no_grad():
         for t, tr in zip(grid, table, strict=True):
             eps = ctx.denoise(x, t).eps.to(x.dtype)
@@ -145,6 +155,19 @@ class ODEInversionOptions(StageOptions):
     )
     noise: float = Field(
         0.0, ge=0.0, description="std of Gaussian noise added to the observation first (CODE: 0.01)"
+    )
+    noise_draws: int = Field(
+        1,
+        ge=1,
+        le=10,
+        description="add `noise` this many times, a new draw each (the CODE notebook: 2, std "
+        "0.01 sqrt 2)",
+    )
+    start: Literal["data", "image"] = Field(
+        "data",
+        description="data: the observation is the data (alpha_bar 1), the first step inverts it to "
+        "the lowest grid point; image: it is taken as the latent at the lowest grid point (the "
+        "CODE notebook: t = 0)",
     )
     method: Literal["ddim", "fixed-point"] = Field(
         "ddim",
@@ -212,10 +235,21 @@ class ODEInversion(Stage):
         grid = self.inversion_grid(ctx, depth)
         rule = self.rule(ctx)
         y = ctx.observation.image.to(device=ctx.device, dtype=ctx.dtype)
-        x = y + opts.noise * ctx.randn_like(y) if opts.noise > 0 else y
+        x = y
+        if opts.noise > 0:
+            for _ in range(opts.noise_draws):
+                x = x + opts.noise * ctx.randn_like(y)
         before = ctx.model_calls
         corrections = opts.iterations if opts.method == "fixed-point" else 0
-        latents = ddim_invert(ctx, x, grid, rule, corrections=corrections, clip_eta=opts.clip_eta)
+        latents = ddim_invert(
+            ctx,
+            x,
+            grid,
+            rule,
+            corrections=corrections,
+            clip_eta=opts.clip_eta,
+            from_data=opts.start == "data",
+        )
         report = {
             "depth": depth,
             "steps": len(grid),
@@ -293,6 +327,17 @@ class LangevinOptions(StageOptions):
     noise_free: Literal["none", "stage", "end"] = Field(
         "none",
         description="one extra update without noise after each annealing stage (CODE's code) or once at the end",
+    )
+    noise_free_eps: Literal["thresholded", "raw"] = Field(
+        "thresholded",
+        description="the noise-free update's eps: re-derived from threshold(x0) like the others, or the model's raw eps (CODE's code)",
+    )
+    split: Literal["spread", "floor"] = Field(
+        "spread",
+        description=(
+            "K over the annealing stages: spread (250 -> 63, 63, 62, 62) or floor (K // annealing"
+            " each, the rest dropped, and a stage of one update makes none: CODE's code, 62 x 4)"
+        ),
     )
     order: Literal["before", "after"] = Field(
         "before",
@@ -434,6 +479,15 @@ class Langevin(Stage):
         exponent = u if opts.direction == "grow" else 1.0 - u
         return opts.step_size * opts.ratio**exponent
 
+    def stage_counts(self, count: int) -> list[int]:
+        """The noisy updates of each annealing stage for ``count`` at a latent."""
+        opts = self.options
+        if opts.split == "spread":
+            return split(count, opts.annealing)
+        each = count // opts.annealing
+        # the notebook's loop updates only `if steps > 1`: a stage of one update makes none
+        return [each if each > 1 else 0] * opts.annealing
+
     # --- the update -------------------------------------------------------------------------
 
     def run_at(self, ctx: RunContext, x: torch.Tensor, t: int) -> torch.Tensor:
@@ -449,14 +503,18 @@ class Langevin(Stage):
             "rule": opts.threshold,
             "clip_eta": opts.clip_eta,
         }
-        for j, n in enumerate(split(count, opts.annealing)):
+        free = dict(kw, noise=False)
+        if opts.noise_free_eps == "raw":
+            free["rule"] = X0Rule(mode="none")
+        for j, n in enumerate(self.stage_counts(count)):
             a = alpha * opts.decay**j
             x = langevin_updates(ctx, x, t, n, a, **kw)
             if opts.noise_free == "stage":
-                x = langevin_updates(ctx, x, t, 1, a, noise=False, **kw)
+                x = langevin_updates(ctx, x, t, 1, a, **free)
+            ctx.emit("langevin", id=self.id, t=t, annealing=j, alpha=a, x=x)
         if opts.noise_free == "end":
             a = alpha * opts.decay ** (opts.annealing - 1)
-            x = langevin_updates(ctx, x, t, 1, a, noise=False, **kw)
+            x = langevin_updates(ctx, x, t, 1, a, **free)
         self._calls += ctx.model_calls - calls
         stats = self._stats
         stats["latents"].append(t)

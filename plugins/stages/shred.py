@@ -15,7 +15,8 @@ Two gradient modes:
   one denoiser call is recomputed at a time during the backward pass (counted as model calls).
 
 After each Adam step x_T is rescaled to the sphere of radius ``sqrt(C*H*W)`` (per sample), where
-Gaussian noise concentrates.  Every sample has its own loss, sphere and early stop (a finished
+Gaussian noise concentrates; so is the initial draw unless ``project_initial = false`` (BIRD's
+code starts from the raw draw).  Every sample has its own loss, sphere and early stop (a finished
 sample is frozen), and Adam is elementwise, so a batch gives the same result as single runs: up to
 float rounding by default (batched reductions), bit for bit in ``deterministic`` runs (one sample
 at a time).
@@ -72,6 +73,11 @@ class ShredOptions(StageOptions):
     )
     checkpoint: bool = Field(True, description="full mode: recompute each jump in backward")
     sphere: bool = Field(True, description="rescale x_T to radius sqrt(C*H*W) after each step")
+    project_initial: bool = Field(
+        True,
+        description="with sphere: rescale the initial x_T too; false: start from the raw normal "
+        "draw (BIRD's code)",
+    )
     clip_x0: bool = Field(True, description="clip the x0 prediction to [-1, 1] at each jump")
     stop_below: float | None = Field(
         None, gt=0, description="early stop: a sample stops once its loss is below this value"
@@ -213,7 +219,7 @@ class Shred(Stage):
         n = ctx.batch_size
         radius = math.sqrt(math.prod(ctx.shape[1:]))
         latent = torch.nn.Parameter(ctx.randn())
-        if o.sphere:
+        if o.sphere and o.project_initial:
             _to_sphere(latent, radius, torch.ones(n, dtype=torch.bool), ctx.deterministic)
         groups: list[dict[str, Any]] = [{"params": [latent], "lr": o.lr}]
         blind = [
@@ -268,12 +274,15 @@ class Shred(Stage):
                     stopped[i] = k + 1
                 active &= ~finished
             live = values[running]
-            ctx.emit(
-                "iteration",
-                index=k,
-                total=o.iterations,
-                postfix={"loss": f"{float(live.mean()):.4g}", "it": k + 1},
-            )
+            if ctx.callback is not None:  # x_T is updated in place: the callback gets a copy
+                ctx.emit(
+                    "iteration",
+                    index=k,
+                    total=o.iterations,
+                    postfix={"loss": f"{float(live.mean()):.4g}", "it": k + 1},
+                    x_T=latent.detach().clone(),
+                    x0=x0.detach(),
+                )
             if k + 1 == o.iterations or not bool(active.any()):
                 break
             (total * active.to(total.device, total.dtype)).sum().backward()

@@ -23,6 +23,9 @@ _EXPORTS = {
     "load_recipe": "guidestack.api",
     "Result": "guidestack.result",
     "Trajectory": "guidestack.result",
+    "run_distributed": "guidestack.distributed",
+    "shard": "guidestack.distributed",
+    "World": "guidestack.distributed",
     # extending
     "guidance": "guidestack.engine.functional",
     "register": "guidestack.api",
@@ -46,6 +49,8 @@ _EXPORTS = {
     "list_recipes": "guidestack.api",
     "requirements": "guidestack.api",
     "pick_device": "guidestack.api",
+    "preflight": "guidestack.api",
+    "pipeline_hints": "guidestack.api",
     "derive_seed": "guidestack.api",
     "HOOK_API_VERSION": "guidestack.api",
     "list_plugins": "guidestack.api",

@@ -42,6 +42,7 @@ from guidestack.engine.recipe import load_recipe as _load_recipe
 from guidestack.engine.refs import measurement_side
 from guidestack.engine.registry import Registry, check_api_version, default_registry
 from guidestack.engine.run import derive_seed, run_recipe
+from guidestack.engine.run import preflight as _preflight
 from guidestack.engine.stage import Stage
 from guidestack.engine.upsampler import Upsampler
 from guidestack.finish import SIZE_MODES, finish, output_side
@@ -133,6 +134,8 @@ __all__ = [
     "load_prior",
     "load_recipe",
     "pick_device",
+    "pipeline_hints",
+    "preflight",
     "list_plugins",
     "list_recipes",
     "register",
@@ -201,6 +204,19 @@ def requirements(recipe: Recipe, *, registry: Registry | None = None) -> set[str
     """Inputs ``recipe`` cannot run without (``"mask"``, ``"reference"``), to check before any
     work starts."""
     return recipe_requirements(recipe, _registry(registry))
+
+
+def preflight(
+    recipe: Recipe,
+    prior: Prior,
+    *,
+    device: torch.device | str | None = None,
+    registry: Registry | None = None,
+) -> None:
+    """Set the recipe's stages up once without running (missing weights, a restorer that cannot
+    load...), so a problem of the whole run is raised before the first input, not once per input."""
+    reg = _registry(registry)
+    _preflight(recipe, prior, reg, needs=recipe_requirements(recipe, reg), device=device)
 
 
 # --- running -----------------------------------------------------------------------------------
@@ -517,6 +533,19 @@ def resolve_upsampler(name: str, *, registry: Registry | None = None) -> Upsampl
     return entry.obj
 
 
+def pipeline_hints(photo: torch.Tensor, *, registry: Registry | None = None) -> list[str]:
+    """What the registered pipelines suggest for ``photo`` run without them (e.g. several faces:
+    use ``faces``)."""
+    reg = _registry(registry)
+    hints = []
+    for name in reg.names("pipeline"):
+        entry = reg.get("pipeline", name)
+        hint = entry.obj(entry.options()).hint(photo)
+        if hint:
+            hints.append(hint)
+    return hints
+
+
 def check_output_size(output_size: str | int) -> None:
     """``"input"``, ``"prior"`` or a side in pixels within the input limits."""
     if isinstance(output_size, str) and output_size in SIZE_MODES:
@@ -603,6 +632,9 @@ def _run_batch(s: _RunSettings, batch: list[_Input], head: dict[str, Any]) -> li
             mask=None if item.mask is None else item.mask.tensor,
         )
         entry = _entry(item)
+        hints = pipeline_hints(item.image.tensor, registry=s.registry)
+        if hints:
+            entry["hints"] = hints
         entry.update(
             placement=placement.to_dict(),
             output=finished.facts,

@@ -29,6 +29,7 @@ def build_parser(registry) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"guidestack {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or per-run lines")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="restore images with a recipe")
@@ -130,7 +131,6 @@ def build_parser(registry) -> argparse.ArgumentParser:
         action="store_true",
         help="continue an interrupted run in OUTDIR: inputs it finished are kept, the rest are run",
     )
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
 
     recipes = sub.add_parser("recipes", help="list recipes")
     recipes.add_argument("--json", action="store_true")
@@ -145,7 +145,10 @@ def build_parser(registry) -> argparse.ArgumentParser:
     validate.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE"
     )
-    validate.add_argument("--prior", help="specialise per_prior tables for this prior name")
+    validate.add_argument(
+        "--prior",
+        help="check for this prior (per_prior tables, timesteps); default: the recipe's prior",
+    )
 
     from .plugins import add_plugin_commands
 
@@ -155,7 +158,23 @@ def build_parser(registry) -> argparse.ArgumentParser:
         configure, _ = entry.obj
         command = sub.add_parser(name, help=entry.description)
         configure(command)
+    for command in sub.choices.values():
+        _common_options(command)
     return parser
+
+
+def _common_options(command: argparse.ArgumentParser) -> None:
+    """``--debug`` and ``--quiet`` after the command as well as before it (``SUPPRESS``: the
+    command's parser sets them only when given, so the main parser's value is not reset)."""
+    own = command._option_string_actions
+    if "--debug" not in own:
+        command.add_argument(
+            "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+        )
+    if "--quiet" not in own:
+        command.add_argument(
+            "--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress output"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -266,10 +285,22 @@ def _plugins(args: argparse.Namespace, registry) -> int:
 
 
 def _validate(args: argparse.Namespace, registry) -> int:
-    from guidestack import api
+    """Validate as ``run`` would: per_prior tables for ``--prior``, else for the recipe's own
+    default prior (loaded if it can be; otherwise the recipe is checked without them)."""
+    from guidestack import PriorUnavailable, api
 
-    prior = None if args.prior is None else api.load_prior(args.prior, registry=registry)
-    recipe = api.load_recipe(args.recipe, set=args.overrides, prior=prior, registry=registry)
-    print(f"{recipe.source}: valid")
+    draft = api.load_recipe(args.recipe, set=args.overrides, registry=registry)
+    wanted = args.prior or draft.prior.name
+    try:
+        prior = api.load_prior(wanted, registry=registry)
+    except PriorUnavailable as exc:
+        if args.prior is not None:
+            raise
+        print(f"{draft.source}: valid (not specialised: prior '{wanted}' is unavailable: {exc})")
+        print(json.dumps(draft.resolved(), indent=2, default=str))
+        return 0
+    recipe = draft.for_prior(prior, registry)
+    origin = "--prior" if args.prior else "the recipe's default prior"
+    print(f"{recipe.source}: valid for prior {prior.name} (kind {prior.kind}, {origin})")
     print(json.dumps(recipe.resolved(), indent=2, default=str))
     return 0
