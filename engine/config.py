@@ -80,12 +80,22 @@ class SamplerConfig(StrictModel):
 class GuidanceConfig(StrictModel):
     """How summed stage losses become an update of the latent (PGDiff's rules and more)."""
 
-    rule: Literal["mean_shift", "dynamic", "dynamic_channel", "x0"] = Field(
+    rule: Literal["mean_shift", "dynamic", "dynamic_channel", "x0", "gradient"] = Field(
         "mean_shift",
         description=(
             "mean_shift: x_prev = mu - s*Sigma*g + sigma*z; dynamic: x_prev = x' - s*||x_t-x'||/||g||*g"
             " with whole-image norms; dynamic_channel: the same with per-channel norms;"
-            " x0: x0 -= s*g before the step (DifFace's refinement)"
+            " x0: x0 -= s*g before the step (DifFace's refinement); gradient: x_prev = x' - s*g"
+            " (DPS's step, with target = xt)"
+        ),
+    )
+    target: Literal["x0", "xt"] = Field(
+        "x0",
+        description=(
+            "what g differentiates: x0: the loss on a detached x0, g = dL/dx0 (PGDiff's official"
+            " code; one backward through the losses); xt: through the denoiser, g = dL(x0(x_t))/dx_t"
+            " (DPS's manifold-constrained gradient, the PGDiff paper's derivation; one backward"
+            " through the network per guided step, its memory in run.json)"
         ),
     )
     scale: float = Field(0.1, ge=0.0, description="guidance scale s")
@@ -112,6 +122,11 @@ class GuidanceConfig(StrictModel):
             lo, hi = getattr(self, name)
             if lo >= hi:
                 raise ValueError(f"{name} must be [lo, hi] with lo < hi, got [{lo}, {hi}]")
+        if self.rule == "x0" and self.target == "xt":
+            raise ValueError(
+                'rule "x0" moves x0 by g, but target "xt" makes g a gradient in x_t\'s space; use '
+                'rule "gradient", "mean_shift" or "dynamic" with target "xt"'
+            )
         return self
 
 

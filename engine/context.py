@@ -26,12 +26,16 @@ class Observation:
     ``mask`` is ``[N, 1, H, W]`` with 1 where pixels are MISSING (or damaged), 0 where known.
     ``reference`` holds reference images (e.g. for identity), ``[N, C, H, W]``.
     ``meta`` is per-input metadata (file names, original sizes...), one dict per sample.
+    ``measurement`` is y at the size the recipe's operator reads it, when that differs from the
+    prior's (super-resolution: a 16x16 photo stays 16x16, never resampled); ``image`` then holds
+    it resized to the prior's size for the stages that want a picture.
     """
 
     image: torch.Tensor
     mask: torch.Tensor | None = None
     reference: torch.Tensor | None = None
     meta: list[dict[str, Any]] = field(default_factory=list)
+    measurement: torch.Tensor | None = None
 
     @property
     def batch_size(self) -> int:
@@ -41,7 +45,13 @@ class Observation:
         def move(x: torch.Tensor | None) -> torch.Tensor | None:
             return None if x is None else x.to(device=device, dtype=dtype or x.dtype)
 
-        return Observation(move(self.image), move(self.mask), move(self.reference), list(self.meta))
+        return Observation(
+            move(self.image),
+            move(self.mask),
+            move(self.reference),
+            list(self.meta),
+            move(self.measurement),
+        )
 
     def select(self, index: slice | list[int]) -> Observation:
         """The sub-batch ``index`` (used to run samples one by one and to split batches)."""
@@ -51,7 +61,9 @@ class Observation:
             return None if x is None else x[idx]
 
         meta = [self.meta[i] for i in idx] if self.meta else []
-        return Observation(pick(self.image), pick(self.mask), pick(self.reference), meta)
+        return Observation(
+            pick(self.image), pick(self.mask), pick(self.reference), meta, pick(self.measurement)
+        )
 
 
 @dataclass

@@ -66,3 +66,36 @@ def loss_gradient(total: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
     if not all_finite(grad):
         raise NonFiniteError("guidance gradient is not finite")
     return grad
+
+
+class GraphMemory:
+    """Bytes of the intermediate tensors autograd keeps for a backward pass while the context
+    is open (each storage once; leaves such as weights and inputs exist anyway and are not
+    counted): the memory a guidance gradient costs, device-agnostic.  Through the denoiser
+    (``guidance.target = "xt"``) it is the network's activations."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._seen: set[tuple[str, int]] = set()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.grad_fn is None:
+            return tensor
+        storage = tensor.untyped_storage()
+        key = (str(tensor.device), storage.data_ptr())
+        if key not in self._seen:
+            self._seen.add(key)
+            self.peak += storage.nbytes()
+        return tensor
+
+    @staticmethod
+    def _unpack(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor
+
+    def __enter__(self) -> GraphMemory:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)

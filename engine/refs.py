@@ -3,15 +3,22 @@
 A stage that needs a restorer declares a field of type :class:`RestorerRef`; recipes write
 ``restorer = { use = "gaussian-blur", sigma = 2.0 }``.  The recipe validator checks the name and
 the referenced plugin's options, reporting paths such as ``stage[0].restorer.sigma``.
+
+A stage that needs a measurement operator ``H`` (SHRED, DPS, DDNM, PGDiff's unmasked region,
+the known-pixel paste) declares :class:`OperatorRef` (or :class:`PinvOperatorRef` when it needs
+``H^+``): recipes write ``operator = { use = "downsample", factor = 4 }``, and
+:func:`measurement_side` tells the public API at which size to keep the user's y.
 """
 
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from .errors import RecipeError
 from .registry import Registry
 
 
@@ -95,3 +102,63 @@ class DegradationRef(PluginRef):
         if entry is None:  # validated earlier; guard for programmatic use
             raise KeyError(f"unknown {self.kind} '{self.use}'")
         return entry.obj(entry.options.model_validate(self.options_dict()), registry=registry)
+
+
+class OperatorRef(DegradationRef):
+    """A measurement operator ``H`` for a solver: a registered degradation (the same plugins
+    ``guidestack degrade`` and ``bench`` use).  :attr:`needs` lists what the solver uses besides
+    ``forward``: ``"linear"`` (an adjoint), ``"pinv"`` (a closed-form pseudo-inverse); checked
+    when the recipe is validated, with the path of the reference."""
+
+    needs: ClassVar[tuple[str, ...]] = ()
+
+    def check(self, where: str, registry: Registry) -> list[tuple[str, str]]:
+        problems = super().check(where, registry)
+        if problems or not self.needs:
+            return problems
+        op = self.build(registry)
+        if "linear" in self.needs and not op.has_adjoint:
+            problems.append((f"{where}.use", f"operator '{self.use}' is not linear"))
+        if "pinv" in self.needs and not op.has_pinv:
+            problems.append(
+                (
+                    f"{where}.use",
+                    f"operator '{self.use}' has no closed-form pseudo-inverse H^+ with these "
+                    "options (docs/solvers.md lists the operators that have one)",
+                )
+            )
+        return problems
+
+
+class PinvOperatorRef(OperatorRef):
+    """An operator whose pseudo-inverse ``H^+`` the solver uses (DDNM's projection)."""
+
+    needs: ClassVar[tuple[str, ...]] = ("linear", "pinv")
+
+
+def operator_fields(options: BaseModel) -> list[tuple[str, DegradationRef]]:
+    """The operator references among a stage's options, as ``(field, reference)``."""
+    return [
+        (name, value)
+        for name in type(options).model_fields
+        if isinstance(value := getattr(options, name), DegradationRef)
+    ]
+
+
+def measurement_side(
+    stages: Sequence[BaseModel], registry: Registry, side: int, source: str = "<recipe>"
+) -> int | None:
+    """The side at which the stages' operators read the observation, when it differs from the
+    images' ``side`` (4x super-resolution on a 64x64 prior: 16), else ``None``: the public API
+    then keeps the user's y at that size, unresized, in ``Observation.measurement``.  Operators
+    that read y at different sizes in one recipe are a :class:`RecipeError`."""
+    wanted: dict[str, int] = {}
+    for i, options in enumerate(stages):
+        for name, ref in operator_fields(options):
+            value = ref.build(registry).measurement_side(side)
+            if value != side:
+                wanted[f"stage[{i}].{name}"] = value
+    if len(set(wanted.values())) > 1:
+        listed = ", ".join(f"{where} reads {value}x{value}" for where, value in wanted.items())
+        raise RecipeError(source, [("stage", f"operators read y at different sizes: {listed}")])
+    return next(iter(wanted.values()), None)

@@ -201,7 +201,8 @@ class Registry:
     def add_degradation(self, cls: type) -> None:
         """Register a degradation operator class (``name``, ``description``, ``Options``; see
         ``guidestack.plugins.degradations.base.Degradation``: ``forward``, ``measure``,
-        ``simulate``), used by ``guidestack degrade`` and ``bench``."""
+        ``simulate``; linear ones ``adjoint`` and, where it exists, ``pinv``), used by the
+        solvers' ``operator = { use = "name", ... }``, ``guidestack degrade`` and ``bench``."""
         self._add(
             Entry("degradation", cls.name, cls, cls.Options, cls.description, self.current_plugin)
         )

@@ -6,11 +6,14 @@ Per grid step ``t -> t_prev`` (and per repeat inside the repeat window)::
     eps = prior(x_t, t); x0 = ...       # one counted model call
     transform_x0(ctx, state)            # dynamic thresholding...      (stages, recipe order)
     guidance_loss(ctx, state) -> L_i    # on a detached x0; g = d sum_i w_i L_i / d x0
+                                        # (guidance.target = "xt": the model call, x0 and the
+                                        # losses keep their graph and g = d sum w_i L_i / d x_t)
     [rule x0]  x0 -= s * g
     mean, std  = DDPM posterior | DDIM  # the step kernel (steps.py), coefficients once per run
     x' = mean + std * z                 # z from one generator per sample
     [mean_shift] x_prev = mean - s * Sigma * g + std * z
     [dynamic]    x_prev = x' - s * ||x_t - x'|| / ||g|| * g
+    [gradient]   x_prev = x' - s * g
     project(ctx, state)                 # paste-back, clipping...
 
 Before the loop ``initial_latent`` chooses where to start; around it ``optimise`` may wrap the
@@ -29,8 +32,9 @@ from . import steps
 from .config import SamplerConfig
 from .context import InitialLatent, RunContext, StepState
 from .errors import GuidestackError, NonFiniteError, StageError
-from .guidance import all_finite, dynamic_update, loss_gradient, mean_shift
+from .guidance import GraphMemory, all_finite, dynamic_update, loss_gradient, mean_shift
 from .loop_api import RunResult
+from .prior import PriorOutput
 from .stageset import StageSet
 
 
@@ -195,21 +199,92 @@ class Loop:
             total = weighted if total is None else total + weighted
         return total
 
-    def _guidance_gradient(self, state: StepState) -> torch.Tensor | None:
+    def _guides(self, t: int) -> bool:
         g = self.ctx.guidance
-        if g.scale == 0 or not self._guided:
-            return None
-        if not schedules.window_contains(g.window, state.t):
+        return self._guided and g.scale != 0 and schedules.window_contains(g.window, t)
+
+    def _guidance_gradient(self, state: StepState) -> torch.Tensor | None:
+        if not self._guides(state.t):
             return None
         x0 = state.x0
         state.x0 = x0.detach().requires_grad_(True)
+        memory = GraphMemory()
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), memory:
                 total = self._total_loss(state)
                 grad = None if total is None else loss_gradient(total, state.x0)
         finally:
             state.x0 = x0
+        if grad is not None:
+            self._record(memory, through_denoiser=False)
         return grad
+
+    def _predict(self, state: StepState, tr: steps.Transition) -> None:
+        """The model call at ``state.t``, x0 and ``transform_x0`` (no graph)."""
+        ctx = self.ctx
+        if torch.is_grad_enabled():
+            with torch.no_grad():
+                state.output = ctx.denoise(state.x_t, state.t)
+        else:
+            state.output = ctx.denoise(state.x_t, state.t)
+        state.eps = state.output.eps.to(ctx.dtype)
+        state.x0 = steps.predict_x0(state.x_t, state.eps, tr, clip=ctx.sampler.clip_x0)
+        self._transform_x0(state)
+
+    def _transform_x0(self, state: StepState) -> None:
+        if self._transform:
+            ctx = self.ctx
+            for _ in self.stages.call(
+                "transform_x0", ctx=ctx, state=state, step=state.index, t=state.t
+            ):
+                pass
+
+    def _predict_with_gradient(self, state: StepState, tr: steps.Transition) -> torch.Tensor | None:
+        """``guidance.target = "xt"``: the model call, x0, ``transform_x0`` and the losses keep
+        their graph; returns ``g = d sum_i w_i L_i / d x_t`` (one backward pass through the
+        denoiser) and leaves the state's tensors detached, as the x0 target does."""
+        ctx = self.ctx
+        x_t = state.x_t
+        leaf = x_t.detach().requires_grad_(True)
+        memory = GraphMemory()
+        grad = None
+        try:
+            with torch.enable_grad(), memory:
+                state.x_t = leaf
+                output = ctx.denoise(leaf, state.t)
+                state.eps = output.eps.to(ctx.dtype)
+                state.x0 = steps.predict_x0(leaf, state.eps, tr, clip=ctx.sampler.clip_x0)
+                self._transform_x0(state)
+                total = self._total_loss(state)
+                if total is not None:
+                    grad = loss_gradient(total, leaf)
+        finally:
+            state.x_t = x_t
+        values = output.variance_values
+        state.output = PriorOutput(
+            eps=output.eps.detach(), variance_values=None if values is None else values.detach()
+        )
+        state.eps = state.eps.detach()
+        state.x0 = state.x0.detach()
+        if grad is not None:
+            self._record(memory, through_denoiser=True)
+        return grad
+
+    def _record(self, memory: GraphMemory, through_denoiser: bool) -> None:
+        """Guidance costs for run.json: gradients taken, backward passes through the denoiser,
+        and the largest autograd graph a gradient needed (bytes of tensors saved for it)."""
+        facts = self.ctx.report.setdefault(
+            "guidance",
+            {
+                "target": self.ctx.guidance.target,
+                "gradients": 0,
+                "backward_through_denoiser": 0,
+                "graph_bytes_max": 0,
+            },
+        )
+        facts["gradients"] += 1
+        facts["backward_through_denoiser"] += int(through_denoiser)
+        facts["graph_bytes_max"] = max(facts["graph_bytes_max"], memory.peak)
 
     def step(self, state: StepState, tr: steps.Transition | None = None) -> torch.Tensor:
         """One reverse step from ``state.x_t`` (coefficients ``tr``, default: from the run's
@@ -223,18 +298,11 @@ class Loop:
                 "update_latent", ctx=ctx, state=state, step=state.index, t=state.t
             ):
                 pass
-        if torch.is_grad_enabled():
-            with torch.no_grad():
-                state.output = ctx.denoise(state.x_t, state.t)
+        if ctx.guidance.target == "xt" and self._guides(state.t):
+            grad = self._predict_with_gradient(state, tr)
         else:
-            state.output = ctx.denoise(state.x_t, state.t)
-        state.eps = state.output.eps.to(ctx.dtype)
-        state.x0 = steps.predict_x0(state.x_t, state.eps, tr, clip=ctx.sampler.clip_x0)
-        if self._transform:
-            for _ in stages.call("transform_x0", ctx=ctx, state=state, step=state.index, t=state.t):
-                pass
-
-        grad = self._guidance_gradient(state) if self._guided else None
+            self._predict(state, tr)
+            grad = self._guidance_gradient(state) if self._guided else None
         state.grad = grad
         rule = ctx.guidance.rule
         if grad is not None and rule == "x0":
@@ -264,6 +332,8 @@ class Loop:
             noise_part = x_prime - state.mean
             shifted = mean_shift(state.mean, state.variance, grad, ctx.guidance.scale)
             state.x_prev = shifted + noise_part
+        elif rule == "gradient":
+            state.x_prev = x_prime - ctx.guidance.scale * grad
         else:
             state.x_prev = dynamic_update(
                 state.x_t, x_prime, grad, ctx.guidance.scale, per_channel=rule == "dynamic_channel"

@@ -6,7 +6,9 @@ Sources (public domain, read from the wheels they ship in; nothing else is used)
 
 Each face is cropped by hand to the FFHQ-like framing the face priors expect (eyes a little above
 the centre), resized to 128x128, then degraded with the project's own code so the examples show
-what the recipes are for.  Run: ``python examples/make_examples.py SKIMAGE_DATA_DIR MPL_SAMPLE_DIR``.
+what the recipes are for.  Run: ``python examples/make_examples.py SKIMAGE_DATA_DIR MPL_SAMPLE_DIR``
+(``python examples/make_examples.py --low-resolution`` rebuilds only the 16x16 example from the
+saved ``astronaut.png``).
 """
 
 from __future__ import annotations
@@ -65,6 +67,15 @@ def main(skimage_data: str, mpl_sample: str) -> None:
         old, scratches = _old_photo(clean, torch.Generator().manual_seed(len(name)))
         _save(old, HERE / f"{name}_old.png")
         _save(scratches.expand(1, 3, SIZE, SIZE) * 2 - 1, HERE / f"{name}_old_mask.png")
+    low_resolution()
+
+
+def low_resolution() -> None:
+    """``astronaut_lr16.png``: the clean 128x128 face averaged over 8x8 blocks to 16x16 (the
+    super-resolution recipes' example: 4x to a 64x64 prior).  Reads the saved example only."""
+    clean = _tensor(Image.open(HERE / "astronaut.png"))
+    low = torch.nn.functional.avg_pool2d(clean, SIZE // 16)
+    _save(low, HERE / "astronaut_lr16.png")
 
 
 def _old_photo(clean: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,4 +96,7 @@ def _old_photo(clean: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor,
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    if sys.argv[1:] == ["--low-resolution"]:
+        low_resolution()
+    else:
+        main(*sys.argv[1:3])

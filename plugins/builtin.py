@@ -22,6 +22,8 @@ FAMILIES = (
     "guidestack.plugins.stages.pgdiff",
     "guidestack.plugins.stages.difface",
     "guidestack.plugins.stages.shred",
+    "guidestack.plugins.stages.dps",
+    "guidestack.plugins.stages.ddnm",
     "guidestack.plugins.degradations.operators",
     "guidestack.plugins.stages.odedit",
     "guidestack.plugins.stages.projections",

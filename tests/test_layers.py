@@ -48,6 +48,8 @@ METHODS = {
     "difface": ("difface", "paste_known"),
     "odedit": ("odedit", "projections"),
     "shred": ("shred",),
+    "dps": ("dps",),
+    "ddnm": ("ddnm",),
 }
 
 

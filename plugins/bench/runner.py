@@ -210,6 +210,9 @@ def run_bench(opts: BenchOptions, registry: Registry) -> BenchResult:
     size = prior.image_size
     clean: dict[str, torch.Tensor] = {}
     degraded: dict[str, torch.Tensor] = {}
+    # what the recipes are given: the degraded face, at its own (low) resolution for a
+    # downsampling, as a user's low-resolution photo would be (restorations at the prior's size)
+    given: dict[str, torch.Tensor] = {}
     masks: dict[str, torch.Tensor | None] = {}
     facts: dict[str, Any] = {}
     for path in paths:
@@ -217,10 +220,12 @@ def run_bench(opts: BenchOptions, registry: Registry) -> BenchResult:
             x = to_square(read_image(path).tensor, size)[0][None].to(opts.device)
         except InputError as exc:
             raise InputError(f"clean face {path}: {exc}") from None
+        measured: list[torch.Tensor] = []
         y, mask, info = degrade_one(
-            opts.degradation, x, degrade_seed(opts.seed, path.stem), registry
+            opts.degradation, x, degrade_seed(opts.seed, path.stem), registry, measured=measured
         )
         clean[path.stem], degraded[path.stem], masks[path.stem] = x, y, mask
+        given[path.stem] = measured[0]
         facts[path.stem] = info
     rows: list[Row] = []
     for name in names:
@@ -242,11 +247,12 @@ def run_bench(opts: BenchOptions, registry: Registry) -> BenchResult:
                 result = api.run(
                     recipe,
                     prior,
-                    degraded[name][0],
+                    given[name][0],
                     mask=mask,
                     seed=opts.seed,
                     names=[name],
                     device=opts.device,
+                    output_size="prior",
                     registry=registry,
                 )
             except (GuidestackError, RuntimeError, ValueError) as exc:

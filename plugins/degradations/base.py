@@ -1,12 +1,20 @@
-"""The degradation plugin type: a forward model ``y = H(x)`` as a differentiable module.
+"""The degradation plugin type: a forward model ``y = H(x) + n`` as a differentiable module.
 
-SHRED minimises ``||measure(y) - H(f(x_T))||`` and the benchmarks damage clean faces with the
-same operators, so one class serves both:
+SHRED, DPS, DDNM, PGDiff's unmasked region and DifFace's paste-back all take the same operator
+(``operator = { use = ... }`` in a recipe), and the benchmarks damage clean faces with it, so one
+class serves every solver (deepinv's design: one physics object shared by all of them):
 
 * ``forward(x)`` is ``H`` itself, differentiable, in its own output space (a 4x downsample
   returns a 16x16 image for a 64x64 input, grayscale returns one channel);
-* ``measure(y)`` maps an observation as the engine holds it (the user's image resized to the
-  prior's size, see ``to_square``) into that output space, so ``H(x_true) ~= measure(y)``;
+* linear operators (``linear = True``) also have ``adjoint(y)`` (``H^T``) and, where one is
+  available in closed form, ``pinv(y)`` (``H^+``, the minimum-norm solution of ``H x = y``);
+  ``noise_level`` is the standard deviation of ``n`` the solvers assume (option ``noise``);
+* ``measurement_side(side)`` is the side of ``y`` the operator reads for images of side
+  ``side``: the public API keeps the user's image at that size (a 16x16 photo stays 16x16 for
+  a 4x super-resolution on a 64x64 prior) in ``Observation.measurement``;
+* ``measure(y, side)`` maps an observation into ``H``'s output space: ``y`` either at the
+  prior's size (``image``, as every other stage sees it) or already at the measurement size,
+  so ``H(x_true) ~= measure(y)``; :meth:`observed` picks the exact one when the run has it;
 * ``simulate(x)`` turns a clean image into the observation a user would pass (``H(x)`` brought
   back to ``x``'s size and channels), i.e. ``measure(simulate(x)) ~= H(x)``.
 
@@ -20,7 +28,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from torch import nn
 
 from guidestack.engine.config import StrictModel
@@ -30,6 +38,19 @@ from guidestack.io.images import to_square
 
 class DegradationOptions(StrictModel):
     """Options of a degradation (subclass per operator)."""
+
+
+class LinearOptions(DegradationOptions):
+    """Options of a linear operator: its measurement noise."""
+
+    noise: float = Field(
+        0.0,
+        ge=0.0,
+        le=2.0,
+        description="standard deviation of the measurement noise n in y = H(x) + n, pixel values "
+        "in [-1, 1] (8-bit sigma s is 2 s / 255); what noise-aware solvers assume (DDNM+), "
+        "never added to an image",
+    )
 
 
 class Degradation(nn.Module):
@@ -43,6 +64,9 @@ class Degradation(nn.Module):
     description: ClassVar[str] = ""
     Options: ClassVar[type[BaseModel]] = DegradationOptions
     severities: ClassVar[dict[int, dict[str, Any]]] = {}
+    #: ``H(a x + b z) = a H(x) + b H(z)``: the operator has an adjoint (the generic one by
+    #: autograd unless the class gives its own)
+    linear: ClassVar[bool] = False
 
     def __init__(self, options: BaseModel | None = None, registry: Any = None):
         super().__init__()
@@ -73,10 +97,34 @@ class Degradation(nn.Module):
         """``H(x)`` for images ``[N, C, H, W]`` in [-1, 1]; must be differentiable in ``x``."""
         raise NotImplementedError
 
-    def measure(self, y: torch.Tensor) -> torch.Tensor:
-        """The observation (at the prior's size) in ``H``'s output space.  Default: unchanged,
+    @property
+    def noise_level(self) -> float:
+        """Standard deviation of the measurement noise (pixel values in [-1, 1]); 0: exact."""
+        return float(getattr(self.options, "noise", 0.0))
+
+    def output_side(self, side: int) -> int:
+        """The side of ``H(x)`` for square images of side ``side``.  Default: unchanged."""
+        return side
+
+    def measurement_side(self, side: int) -> int:
+        """The side at which this operator reads the observation for images of side ``side``:
+        the public API keeps y at this size.  Default: the images' own side."""
+        return side
+
+    def measure(self, y: torch.Tensor, side: int | None = None) -> torch.Tensor:
+        """The observation in ``H``'s output space; ``y`` is at the images' side ``side``
+        (default: ``y``'s own) or already at :meth:`measurement_side`.  Default: unchanged,
         right for operators whose output has the input's size (blur, masks)."""
         return y
+
+    def observed(self, observation: Observation) -> torch.Tensor:
+        """The run's y in ``H``'s output space: from ``observation.measurement`` (y at its own
+        size, exact) when the run carries one, else from ``observation.image``."""
+        side = int(observation.image.shape[-1])
+        y = observation.measurement
+        if y is None or y.shape[-1] != self.measurement_side(side):
+            y = observation.image
+        return self.measure(y, side)
 
     def simulate(self, x: torch.Tensor) -> torch.Tensor:
         """The observation a user would give for the clean ``x``: ``H(x)`` resized back to ``x``'s
@@ -90,6 +138,49 @@ class Degradation(nn.Module):
             if y.shape[1] != x.shape[1]:
                 y = y.expand(-1, x.shape[1], -1, -1)
         return y.contiguous()
+
+    # --- linear algebra -----------------------------------------------------------------
+
+    @property
+    def has_adjoint(self) -> bool:
+        return self.linear
+
+    @property
+    def has_pinv(self) -> bool:
+        """Whether :meth:`pinv` is available (in closed form) for these options."""
+        return type(self).pinv is not Degradation.pinv
+
+    @property
+    def coisometry(self) -> float | None:
+        """``c`` if ``H H^T = c I`` (area downsampling, grayscale, identity), else ``None``: then
+        ``H^+ = H^T / c``, and a composition whose inner parts are all such operators has the
+        pseudo-inverse of its parts in reverse order (see ``compose``)."""
+        return None
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """``H^T y`` (the vector-Jacobian product of a linear ``H``).  The generic one is exact
+        for operators whose output has the input's shape; others give their own."""
+        return self.adjoint_at(y, tuple(y.shape))
+
+    def adjoint_at(self, y: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+        """``H^T y`` for images of ``shape``, by autograd (exact for a linear ``H``)."""
+        if not self.linear:
+            raise NotImplementedError(f"degradation '{self.name}' is not linear: no adjoint")
+        with torch.enable_grad():
+            x = torch.zeros(shape, device=y.device, dtype=y.dtype, requires_grad=True)
+            (grad,) = torch.autograd.grad(self(x), x, grad_outputs=y)
+        return grad
+
+    def pinv(self, y: torch.Tensor) -> torch.Tensor:
+        """``H^+ y``: the minimum-norm ``x`` with ``H x = y`` (least squares when ``y`` is out of
+        ``H``'s range).  Differentiable in ``y``."""
+        raise NotImplementedError(
+            f"degradation '{self.name}' has no pseudo-inverse; the operators with one: "
+            "identity, downsample, grayscale, mask, box-mask, pixel-subsample, free-form-mask, "
+            "blurs with boundary = 'circular', and compositions of them (see docs/solvers.md)"
+        )
+
+    # --- the rest -----------------------------------------------------------------------
 
     @property
     def mask(self) -> torch.Tensor | None:

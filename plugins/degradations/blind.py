@@ -54,6 +54,8 @@ class BlindBlur(Degradation):
     name = "blind-blur"
     description = "Blur with an unknown kernel estimated jointly (blind deconvolution)."
     Options = BlindBlurOptions
+    #: linear in x for the current kernels (adjoint by autograd); no pseudo-inverse
+    linear = True
 
     def __init__(self, options=None, registry: Any = None):
         super().__init__(options, registry)

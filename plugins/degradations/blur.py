@@ -2,19 +2,29 @@
 
 Kernels are built with torch operations, so a kernel whose shape parameters are tensors stays
 differentiable in them (the blind operator in :mod:`.blind` reuses :func:`gaussian_kernel`).
-Borders are reflected, as a camera sees more scene outside the frame, not black.  The
-convolution runs through FFTs (see :func:`blur`).
+Two boundaries:
+
+* ``reflect`` (default): borders are reflected, as a camera sees more scene outside the frame,
+  not black; the convolution runs through FFTs of the padded image (:func:`blur`) or
+  ``conv2d`` (``method = "conv"``, the same numbers to float rounding).  Linear, with an adjoint
+  by autograd, but no closed-form pseudo-inverse;
+* ``circular``: the image wraps around, so ``H`` is diagonal in the Fourier basis with the
+  kernel's spectrum ``S``.  As in DDRM's and DDNM's SVD operators, frequencies where
+  ``|S| < rcond * max|S|`` are cut from ``H`` itself (a Gaussian's spectrum never reaches 0 but
+  falls below float precision), which makes ``H^+`` (``conj(S) / |S|^2`` on the kept
+  frequencies) exact and bounded by ``1 / rcond``.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from .base import Degradation, DegradationOptions
+from .base import Degradation, LinearOptions
 
 
 def auto_size(sigma: float) -> int:
@@ -93,6 +103,35 @@ def blur(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
     return torch.cat(out)
 
 
+def blur_conv(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """:func:`blur` with one shared kernel ``[k, k]`` through ``conv2d`` on the reflect-padded
+    image (each channel on its own, one sample at a time as :func:`blur` does)."""
+    c, h, w = x.shape[1:]
+    size = kernel.shape[-1]
+    pad = size // 2
+    mode = "reflect" if pad < min(h, w) else "replicate"
+    weight = kernel.to(x.dtype).expand(c, 1, size, size)
+    out = []
+    for i in range(x.shape[0]):
+        xi = F.pad(x[i : i + 1], (pad, pad, pad, pad), mode=mode) if pad else x[i : i + 1]
+        out.append(F.conv2d(xi, weight, groups=c))
+    return torch.cat(out)
+
+
+def circular_spectrum(kernel: torch.Tensor, h: int, w: int, rcond: float) -> torch.Tensor:
+    """``rfft2`` spectrum ``[h, w // 2 + 1]`` of circular correlation with ``kernel`` (as
+    ``conv2d`` correlates), with the frequencies below ``rcond`` times the peak set to 0."""
+    size = kernel.shape[-1]
+    if size > min(h, w):
+        raise ValueError(f"a {size}x{size} kernel does not fit a {h}x{w} image")
+    c = size // 2
+    placed = F.pad(kernel.flip(0, 1), (0, w - size, 0, h - size))
+    placed = torch.roll(placed, shifts=(-c, -c), dims=(0, 1))
+    spectrum = torch.fft.rfft2(placed)
+    magnitude = spectrum.abs()
+    return torch.where(magnitude >= rcond * magnitude.max(), spectrum, torch.zeros_like(spectrum))
+
+
 def kernel_width(kernels: torch.Tensor) -> torch.Tensor:
     """Per-kernel isotropic width ``sqrt(E|r - r_mean|^2 / 2)``: the sigma of a Gaussian with the
     same second moment (``[N]`` for ``[N, k, k]``)."""
@@ -104,7 +143,29 @@ def kernel_width(kernels: torch.Tensor) -> torch.Tensor:
     return (second / 2).sqrt()
 
 
-class GaussianBlurOptions(DegradationOptions):
+class KernelBlurOptions(LinearOptions):
+    """Boundary and arithmetic of a fixed-kernel blur."""
+
+    boundary: Literal["reflect", "circular"] = Field(
+        "reflect",
+        description="reflect: mirrored borders (no closed-form pseudo-inverse); circular: the "
+        "image wraps around, H is diagonal in the Fourier basis and has an exact H^+",
+    )
+    method: Literal["fft", "conv"] = Field(
+        "fft",
+        description="reflect boundary: convolve through FFTs of the padded image or with conv2d "
+        "(the same numbers to float rounding)",
+    )
+    rcond: float = Field(
+        0.03,
+        gt=0,
+        lt=1,
+        description="circular boundary: frequencies where the kernel's spectrum is below rcond "
+        "times its peak are cut from H (DDRM/DDNM: 3e-2), so H^+ is bounded by 1 / rcond",
+    )
+
+
+class GaussianBlurOptions(KernelBlurOptions):
     sigma: float = Field(2.0, gt=0, le=30, description="standard deviation in pixels (x axis)")
     sigma_y: float | None = Field(
         None, gt=0, le=30, description="y-axis sigma (anisotropic); default sigma"
@@ -121,7 +182,66 @@ class GaussianBlurOptions(DegradationOptions):
         return self
 
 
-class GaussianBlurKernel(Degradation):
+class _KernelBlur(Degradation):
+    """A fixed kernel (``kernel()``) with the boundary and method of :class:`KernelBlurOptions`."""
+
+    linear = True
+
+    def kernel(self, device=None, dtype=torch.float32) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def _spectrum(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = int(x.shape[-2]), int(x.shape[-1])
+        real = torch.float64 if x.dtype == torch.float64 else torch.float32
+        key = (h, w, str(x.device), real)
+        cached = getattr(self, "_spectra", None)
+        if cached is None:
+            cached = self._spectra = {}
+        if key not in cached:
+            kernel = self.kernel(dtype=torch.float64)
+            spectrum = circular_spectrum(kernel, h, w, self.options.rcond)
+            cached[key] = spectrum.to(device=x.device, dtype=torch.complex128).to(
+                torch.complex64 if real == torch.float32 else torch.complex128
+            )
+        return cached[key]
+
+    def _circular(self, x: torch.Tensor, spectrum: torch.Tensor) -> torch.Tensor:
+        real = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
+        out = torch.fft.irfft2(torch.fft.rfft2(x.to(real)) * spectrum, s=x.shape[-2:])
+        return out.to(x.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.options.boundary == "circular":
+            return self._circular(x, self._spectrum(x))
+        kernel = self.kernel(x.device, x.dtype)
+        if self.options.method == "conv":
+            return blur_conv(x, kernel)
+        return blur(x, kernel)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        if self.options.boundary == "circular":
+            return self._circular(y, self._spectrum(y).conj())
+        return super().adjoint(y)
+
+    @property
+    def has_pinv(self) -> bool:
+        return self.options.boundary == "circular"
+
+    def pinv(self, y: torch.Tensor) -> torch.Tensor:
+        """``conj(S) / |S|^2`` on the frequencies ``H`` keeps (circular boundary only)."""
+        if self.options.boundary != "circular":
+            raise NotImplementedError(
+                f"degradation '{self.name}' has a pseudo-inverse only with boundary = 'circular'"
+            )
+        spectrum = self._spectrum(y)
+        power = spectrum.abs().pow(2)
+        inverse = torch.where(
+            power > 0, spectrum.conj() / power.clamp_min(1e-30), torch.zeros_like(spectrum)
+        )
+        return self._circular(y, inverse)
+
+
+class GaussianBlurKernel(_KernelBlur):
     name = "gaussian-blur-kernel"
     description = "Convolution with a (possibly anisotropic) Gaussian kernel (deblurring)."
     Options = GaussianBlurOptions
@@ -138,11 +258,8 @@ class GaussianBlurKernel(Degradation):
         size = o.size or auto_size(max(o.sigma, o.sigma_y or 0.0))
         return gaussian_kernel(size, o.sigma, o.sigma_y, o.angle, device=device, dtype=dtype)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return blur(x, self.kernel(x.device, x.dtype))
 
-
-class MotionBlurOptions(DegradationOptions):
+class MotionBlurOptions(KernelBlurOptions):
     length: float = Field(7.0, ge=1, le=61, description="streak length in pixels")
     angle: float = Field(0.0, ge=-180, le=180, description="direction in degrees (0 = horizontal)")
     size: int | None = Field(
@@ -156,7 +273,7 @@ class MotionBlurOptions(DegradationOptions):
         return self
 
 
-class MotionBlurKernel(Degradation):
+class MotionBlurKernel(_KernelBlur):
     name = "motion-blur-kernel"
     description = "Convolution with a straight, anti-aliased motion streak (camera shake)."
     Options = MotionBlurOptions
@@ -172,6 +289,3 @@ class MotionBlurKernel(Degradation):
         o = self.options
         size = o.size or (2 * math.ceil(o.length / 2) + 1)
         return motion_kernel(size, o.length, o.angle, device=device, dtype=dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return blur(x, self.kernel(x.device, x.dtype))

@@ -66,9 +66,19 @@ def degrade_seed(run_seed: int, name: str) -> int:
 
 
 def degrade_one(
-    spec: str, x: torch.Tensor, seed: int, registry: Registry, options: dict[str, Any] | None = None
+    spec: str,
+    x: torch.Tensor,
+    seed: int,
+    registry: Registry,
+    options: dict[str, Any] | None = None,
+    measured: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
-    """Degrade ``x`` ``[1, C, H, W]`` with ``spec``; returns image, mask (or None) and facts."""
+    """Degrade ``x`` ``[1, C, H, W]`` with ``spec``; returns image, mask (or None) and facts.
+
+    ``measured`` (a list) receives the observation at its own size when the operator shrinks
+    the image (``downsample``: the low-resolution photo a user would have, where the returned
+    image is its bicubic upsampling for pictures and metrics), else the returned image.
+    """
     op = build_spec(spec, registry, **(options or {}))
     if op.needs_mask(op.options):
         raise UsageError(
@@ -79,7 +89,20 @@ def degrade_one(
     picks = getattr(op, "picks", None)
     if picks is not None:
         info["picked"] = picks()[0]
+    if measured is not None:
+        measured.append(low_resolution(op, x, y))
     return y, mask, info
+
+
+def low_resolution(op: Any, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``H(x)`` when it is a smaller image of ``x``'s channels (what a camera would have
+    recorded), else ``y``."""
+    with torch.no_grad():
+        small = op(x)
+    smaller = small.shape[-1] < x.shape[-1] and small.shape[-2] < x.shape[-2]
+    if small.dim() == 4 and small.shape[1] == x.shape[1] and smaller:
+        return small.clamp(-1, 1)
+    return y
 
 
 def run(args: argparse.Namespace, registry: Registry) -> int:

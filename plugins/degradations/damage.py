@@ -123,6 +123,8 @@ class FreeFormMask(Stochastic):
     name = "free-form-mask"
     description = "Random brush-stroke mask (free-form inpainting), strokes filled with gray."
     Options = FreeFormMaskOptions
+    #: once drawn, ``H(x) = x * (1 - mask)``: a projection, its own adjoint and pseudo-inverse
+    linear = True
     severities = {
         1: {"strokes": 2, "width": 0.05},
         2: {"strokes": 3, "width": 0.07},
@@ -153,6 +155,12 @@ class FreeFormMask(Stochastic):
 
     def apply(self, x: torch.Tensor, drawn: dict[str, torch.Tensor]) -> torch.Tensor:
         return x * (1.0 - drawn["mask"].to(x.dtype))
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return self(y)
+
+    def pinv(self, y: torch.Tensor) -> torch.Tensor:
+        return self(y)
 
 
 class ScratchesOptions(StochasticOptions):

@@ -1,7 +1,9 @@
-"""Operators that discard pixels: a free-form mask, a box, random pixel subsampling.
+"""Operators that discard pixels: the user's mask (or one from a file), a box, random pixels.
 
 Each multiplies by the known-pixel indicator, so ``H(x)`` keeps the image's shape with zeros
 (mid-gray) where pixels are missing; :attr:`mask` follows the engine's convention (1 = missing).
+``H`` is an orthogonal projection, so ``H^T = H^+ = H`` (the measurement space is the known
+pixels: ``H(H^+ y) = y`` for every ``y`` that is zero where pixels are missing).
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from pydantic import BaseModel, Field, model_validator
 
 from guidestack.engine.context import Observation
 from guidestack.engine.errors import InputError
+from guidestack.io.images import read_image, to_square
 
-from .base import Degradation, DegradationOptions
+from .base import Degradation, LinearOptions
 
 
 def _fit(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -26,9 +29,11 @@ def _fit(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class _Masking(Degradation):
-    """Shared arithmetic: ``H(x) = x * (1 - mask)``."""
+    """Shared arithmetic: ``H(x) = x * (1 - mask)``, a projection (its own adjoint and
+    pseudo-inverse)."""
 
     _mask: torch.Tensor | None = None
+    linear = True
 
     @property
     def mask(self) -> torch.Tensor | None:
@@ -42,34 +47,59 @@ class _Masking(Degradation):
             raise ValueError(f"mask batch {known.shape[0]} does not match images {x.shape[0]}")
         return x * known
 
-    def measure(self, y: torch.Tensor) -> torch.Tensor:
+    def measure(self, y: torch.Tensor, side: int | None = None) -> torch.Tensor:
         # the observation's missing pixels hold anything (white, noise): zero them like H does
         return self(y)
 
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return self(y)
 
-class MaskOptions(DegradationOptions):
-    pass
+    def pinv(self, y: torch.Tensor) -> torch.Tensor:
+        return self(y)
+
+
+class MaskOptions(LinearOptions):
+    path: str | None = Field(
+        None,
+        description="a mask file (white = missing), resized to the image as inputs are; default: "
+        "the observation's mask (--mask)",
+    )
+    optional: bool = Field(
+        False,
+        description="without a mask every pixel is known (H is the identity) instead of an error",
+    )
 
 
 class Mask(_Masking):
     name = "mask"
-    description = "Free-form inpainting mask taken from the observation (--mask, white = missing)."
+    description = (
+        "Free-form inpainting mask: the observation's (--mask) or a file's (white = missing)."
+    )
     Options = MaskOptions
 
     @classmethod
     def needs_mask(cls, options: BaseModel) -> bool:
-        return True
+        return getattr(options, "path", None) is None and not getattr(options, "optional", False)
 
     def prepare(self, observation: Observation) -> None:
+        image = observation.image
+        if self.options.path is not None:
+            loaded = read_image(self.options.path, kind="mask").tensor
+            mask = to_square(loaded, int(image.shape[-1]), kind="mask")[0][None]
+            self._mask = (mask >= 0.5).to(device=image.device, dtype=image.dtype)
+            return
+        if observation.mask is None and self.options.optional:
+            self._mask = torch.zeros_like(image[:, :1])
+            return
         if observation.mask is None:
             raise InputError(
                 "degradation 'mask' needs a mask (white = missing): pass --mask FILE or FOLDER, "
-                "or use 'box-mask' for a fixed box"
+                "give the operator a path, or use 'box-mask' for a fixed box"
             )
-        self._mask = (observation.mask >= 0.5).to(observation.image.dtype)
+        self._mask = (observation.mask >= 0.5).to(image.dtype)
 
 
-class BoxMaskOptions(DegradationOptions):
+class BoxMaskOptions(LinearOptions):
     box: tuple[float, float, float, float] = Field(
         (0.25, 0.25, 0.5, 0.5),
         description="missing box as fractions of the image: (top, left, height, width)",
@@ -109,7 +139,7 @@ class BoxMask(_Masking):
         self._mask = mask
 
 
-class PixelSubsampleOptions(DegradationOptions):
+class PixelSubsampleOptions(LinearOptions):
     ratio: float = Field(0.05, gt=0.0, le=1.0, description="fraction of pixels kept (CS 5% = 0.05)")
     seed: int = Field(0, ge=0, description="seed of the fixed sampling pattern")
 

@@ -5,6 +5,12 @@ it keeps what the sampler made.  DifFace pastes once at the end (its ``mask_back
 ``every_step`` the known pixels of each ``x_prev`` are also replaced by ``y`` diffused to
 ``t_prev`` (RePaint-style), which forces the generated part to agree with them throughout.
 Any recipe with a mask can use it: inpainting, old photos with scratch masks.
+
+With ``operator = { use = ... }`` (a linear operator with a pseudo-inverse) the paste is the
+range-space projection ``x <- x - H^+ (H x - y)``, which for a mask is exactly the paste of the
+known pixels, and for other operators makes the output consistent with y (``H x = y``) while
+keeping what ``H`` does not see; ``every_step`` then projects onto ``sqrt(abar) y + sqrt(1 -
+abar) H(z)``.
 """
 
 from __future__ import annotations
@@ -13,13 +19,15 @@ import math
 
 import kornia
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from guidestack.engine.context import RunContext, StepState
 from guidestack.engine.errors import InputError
 from guidestack.engine.hookspecs import hookimpl
 from guidestack.engine.loop_api import RunResult
+from guidestack.engine.refs import PinvOperatorRef
 from guidestack.engine.stage import Stage, StageOptions
+from guidestack.plugins.degradations.binding import bind, needs_mask
 
 
 class PasteKnownOptions(StageOptions):
@@ -37,19 +45,43 @@ class PasteKnownOptions(StageOptions):
             "missing region to hide seams; 0 = hard paste"
         ),
     )
+    operator: PinvOperatorRef | None = Field(
+        None,
+        description="a linear operator with a pseudo-inverse: paste = x - H^+(H x - y); default: "
+        "the observation's mask",
+    )
+
+    @model_validator(mode="after")
+    def _feather_needs_a_mask(self) -> PasteKnownOptions:
+        if self.feather > 0 and self.operator is not None:
+            raise ValueError("feather blends a mask's seam; it does not apply with an operator")
+        return self
 
 
 class PasteKnown(Stage):
     name = "paste-known"
     description = "Paste the observation's known pixels (mask == 0) into the latent each step and/or the output."
     Options = PasteKnownOptions
-    requires = ("mask",)
+
+    @classmethod
+    def requires_for(cls, options: PasteKnownOptions) -> tuple[str, ...]:
+        if options.operator is None or needs_mask(options.operator):
+            return ("mask",)
+        return ()
 
     def setup(self, ctx: RunContext) -> None:
+        self.operator = None
+        if self.options.operator is not None:
+            self.operator, self.y = bind(self.options.operator, ctx)
+            return
         if ctx.observation.mask is None:
             raise InputError(
                 f"stage '{self.id}' pastes known pixels back and needs a mask (--mask)"
             )
+
+    def _consistent(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``x - H^+ (H x - y)``: the range part of ``x`` replaced by the measurement's."""
+        return x - self.operator.pinv(self.operator(x) - y.to(x.dtype)).to(x.dtype)
 
     def _missing(self, ctx: RunContext, like: torch.Tensor) -> torch.Tensor:
         mask = ctx.observation.mask.to(device=like.device, dtype=like.dtype).clamp(0.0, 1.0)
@@ -58,6 +90,14 @@ class PasteKnown(Stage):
     @hookimpl
     def project(self, ctx: RunContext, state: StepState) -> None:
         if not self.options.every_step:
+            return
+        if self.operator is not None:
+            abar = ctx.abar(state.t_prev)
+            y = self.y
+            if abar < 1.0:
+                noise = self.operator(ctx.randn_like(state.x_prev))
+                y = math.sqrt(abar) * y + math.sqrt(1.0 - abar) * noise
+            state.x_prev = self._consistent(state.x_prev, y)
             return
         missing = self._missing(ctx, state.x_prev)
         y = ctx.observation.image.to(state.x_prev.dtype)
@@ -69,6 +109,9 @@ class PasteKnown(Stage):
     @hookimpl
     def finalize(self, ctx: RunContext, result: RunResult) -> None:
         if not self.options.final:
+            return
+        if self.operator is not None:
+            result.image = self._consistent(result.image, self.y).clamp(-1.0, 1.0)
             return
         missing = self._missing(ctx, result.image)
         if self.options.feather > 0:

@@ -2,8 +2,9 @@
 
 The image is ``x0 = f(x_T)``: DDIM with eta 0 from the top of the schedule in jumps of
 ``delta`` timesteps (10 model calls for T = 1000, delta = 100), x0 clipped at each jump.  Adam
-minimises, per sample, ``data_weight * ||measure(y) - H(f(x_T))|| + (other stages' guidance
-losses on f(x_T))`` over x_T (and over H's own parameters in blind mode).
+minimises, per sample, ``data_weight * ||y - H(f(x_T))|| + (other stages' guidance losses on
+f(x_T))`` over x_T (and over H's own parameters in blind mode), with y in H's own space (a 16x16
+photo for 4x super-resolution, as the public API keeps it).
 
 Two gradient modes:
 
@@ -35,7 +36,7 @@ from guidestack.engine.context import RunContext
 from guidestack.engine.errors import NonFiniteError, RecipeError
 from guidestack.engine.hookspecs import hookimpl
 from guidestack.engine.loop_api import LoopHandle
-from guidestack.engine.refs import DegradationRef
+from guidestack.engine.refs import OperatorRef
 from guidestack.engine.registry import Registry
 from guidestack.engine.schedule import ddim_timesteps, jump_timesteps
 from guidestack.engine.stage import Stage, StageOptions
@@ -45,7 +46,7 @@ CURVE_POINTS = 25
 
 
 class ShredOptions(StageOptions):
-    operator: DegradationRef | None = Field(
+    operator: OperatorRef | None = Field(
         None,
         description='forward model H, e.g. { use = "downsample", factor = 4 }; none: optimise only '
         "the other stages' guidance losses",
@@ -147,7 +148,7 @@ class Shred(Stage):
             self.operator = ref.build(ctx.registry).to(ctx.device)
             self.operator.prepare(ctx.observation)
             with torch.no_grad():
-                self.target = self.operator.measure(ctx.observation.image).detach()
+                self.target = self.operator.observed(ctx.observation).detach()
 
     # --- x0 = f(x_T) ------------------------------------------------------------------------
 

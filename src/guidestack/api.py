@@ -39,6 +39,7 @@ from guidestack.engine.prior import Prior
 from guidestack.engine.prior_source import load_prior as _load_prior
 from guidestack.engine.recipe import Overrides, Recipe, guidance_rule_problem, recipe_requirements
 from guidestack.engine.recipe import load_recipe as _load_recipe
+from guidestack.engine.refs import measurement_side
 from guidestack.engine.registry import Registry, check_api_version, default_registry
 from guidestack.engine.run import derive_seed, run_recipe
 from guidestack.engine.run import preflight as _preflight
@@ -446,8 +447,19 @@ def run(
     )
     device = torch.device(device) if device is not None else prior.device
     bar = progress if isinstance(progress, Progress) else (Progress() if progress else None)
+    measured = measurement_side(recipe.stages, reg, prior.image_size, recipe.source)
     context = _RunSettings(
-        recipe, prior, reg, device, extra, trajectory, bar, callback, output_size, upsample
+        recipe,
+        prior,
+        reg,
+        device,
+        extra,
+        trajectory,
+        bar,
+        callback,
+        output_size,
+        upsample,
+        measured,
     )
     head = run_report(recipe, prior, device, seed if seeds is None else None)
     results: list[Result] = []
@@ -479,6 +491,8 @@ class _RunSettings:
     callback: Callable[..., None] | None
     output_size: str | int
     upsampler: Upsampler
+    #: the side the recipe's operator reads y at, when not the prior's (super-resolution)
+    measured: int | None = None
 
     def events(self, label: str) -> _Events:
         return _Events(label, self.progress, self.trajectory, self.callback)
@@ -577,9 +591,17 @@ def _square(item: _Input, size: int) -> tuple[torch.Tensor, Any, torch.Tensor | 
     return image, placement, mask, ref
 
 
+def _measurements(s: _RunSettings, batch: list[_Input]) -> torch.Tensor | None:
+    """y at the side the recipe's operator reads it (a 16x16 photo stays 16x16), or ``None``."""
+    if s.measured is None:
+        return None
+    return torch.stack([to_square(item.image.tensor, s.measured)[0] for item in batch])
+
+
 def _run_batch(s: _RunSettings, batch: list[_Input], head: dict[str, Any]) -> list[Result]:
     size = s.prior.image_size
     squared = [_square(item, size) for item in batch]
+    upscale = 1 if s.measured is None else max(1, round(size / s.measured))
     masks = [m for _, _, m, _ in squared if m is not None]
     refs = [r for _, _, _, r in squared if r is not None]
     if 0 < len(masks) < len(batch) or 0 < len(refs) < len(batch):
@@ -589,6 +611,7 @@ def _run_batch(s: _RunSettings, batch: list[_Input], head: dict[str, Any]) -> li
         mask=torch.stack(masks) if masks else None,
         reference=torch.stack(refs) if refs else None,
         meta=[{"name": item.name} for item in batch],
+        measurement=_measurements(s, batch),
     )
     label = batch[0].name if len(batch) == 1 else f"{batch[0].name} (+{len(batch) - 1})"
     events = s.events(label)
@@ -602,7 +625,7 @@ def _run_batch(s: _RunSettings, batch: list[_Input], head: dict[str, Any]) -> li
             output[k],
             item.image.tensor,
             placement,
-            side=output_side(s.output_size, placement, size),
+            side=output_side(s.output_size, placement, size, upscale),
             keep=output_config.keep,
             upsampler=s.upsampler,
             feather=output_config.feather,

@@ -25,19 +25,22 @@ import kornia
 import torch
 
 from guidestack.engine.upsampler import Upsampler, resize
-from guidestack.io.images import Placement, to_square
+from guidestack.io.images import MAX_SIDE, Placement, to_square
 
 #: the output-size choices besides a number of pixels
 SIZE_MODES = ("input", "prior")
 
 
-def output_side(output_size: str | int, placement: Placement, prior_size: int) -> int:
+def output_side(
+    output_size: str | int, placement: Placement, prior_size: int, upscale: int = 1
+) -> int:
     """The side of the square output: the input's own (the crop the prior saw, in the input's
-    pixels), the prior's, or a given number of pixels."""
+    pixels; ``upscale`` times it for a super-resolution recipe, whose input is the
+    low-resolution photo), the prior's, or a given number of pixels."""
     if output_size == "prior":
         return prior_size
     if output_size == "input":
-        return placement.box[2] - placement.box[0]
+        return min((placement.box[2] - placement.box[0]) * upscale, MAX_SIDE)
     return int(output_size)
 
 
