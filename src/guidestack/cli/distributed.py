@@ -189,7 +189,10 @@ def reporter(world: World) -> Callable[[str], None]:
     prefix = f"[rank {world.rank}] " if world.size > 1 else ""
 
     def say(message: str) -> None:
-        print(f"{prefix}{message}", file=sys.stderr, flush=True)
+        from tqdm import tqdm  # clears an open progress bar, prints, redraws it
+
+        tqdm.write(f"{prefix}{message}", file=sys.stderr)
+        sys.stderr.flush()
 
     return say
 

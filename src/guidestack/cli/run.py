@@ -619,7 +619,10 @@ def _run_batch(batch: list[Item], setup: Setup, progress: Progress) -> None:
         entry.pop("name", None)
         for hint in entry.get("hints", []):
             setup.say(f"hint: {item.path.name}: {hint}")
-        warnings = [*_file_warnings(item), *entry.pop("warnings", [])]
+        found = entry.pop("warnings", [])  # the run's own (e.g. a face blurrier than it was)
+        for warning in found:
+            setup.say(f"warning: {item.path.name}: {warning}")
+        warnings = [*_file_warnings(item), *found]
         item.info = {**entry, "outputs": outputs, "checksums": checksums(outdir, outputs)}
         if warnings:
             item.info["warnings"] = warnings
