@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 
 from . import hookspecs
 from .config import StrictModel
-from .context import RunContext
+
+if TYPE_CHECKING:  # pragma: no cover - the loop's types; stages are declared without torch
+    from .context import RunContext
 
 _MARK = hookspecs.PROJECT + "_impl"
 
