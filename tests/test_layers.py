@@ -44,12 +44,13 @@ METHODS = {
         "unmasked_region",
         "identity",
         "perceptual",
+        "pgdiff_options",
     ),
-    "difface": ("difface", "paste_known"),
-    "odedit": ("odedit", "projections"),
-    "shred": ("shred",),
-    "dps": ("dps",),
-    "ddnm": ("ddnm",),
+    "difface": ("difface", "paste_known", "difface_options"),
+    "odedit": ("odedit", "projections", "odedit_options"),
+    "shred": ("shred", "shred_options"),
+    "dps": ("dps", "dps_options"),
+    "ddnm": ("ddnm", "ddnm_options"),
 }
 
 
