@@ -15,7 +15,6 @@ guidance property with the engine's ``x0`` rule, and the paste-back is the ``pas
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -43,13 +42,6 @@ class DifFace(Stage):
     @classmethod
     def requires_for(cls, options: DifFaceOptions) -> tuple[str, ...]:
         return ("mask",) if options.fill_missing else ()
-
-    @classmethod
-    def prior_problems(cls, options: DifFaceOptions, prior: Any) -> list[tuple[str, str]]:
-        top = prior.num_train_timesteps - 1
-        if options.start > top:
-            return [("start", f"{options.start} is beyond the prior's last timestep {top}")]
-        return []
 
     def setup(self, ctx: RunContext) -> None:
         top = ctx.prior.num_train_timesteps - 1

@@ -4,7 +4,7 @@ method.  The stage modules re-export them."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -42,6 +42,12 @@ class DifFaceOptions(StageOptions):
             "(a stand-in for the paper's mask-aware inpainting estimator); needs a mask"
         ),
     )
+
+    def prior_problems(self, prior: Any) -> list[tuple[str, str]]:
+        top = prior.num_train_timesteps - 1
+        if self.start > top:
+            return [("start", f"{self.start} is beyond the prior's last timestep {top}")]
+        return []
 
 
 # --- paste_known -------------------------------------------------------------------------------

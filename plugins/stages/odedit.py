@@ -19,7 +19,6 @@ the recipes ``odedit``, ``odedit-light``, ``odedit-heavy`` and ``code`` to them.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 
@@ -153,13 +152,6 @@ class ODEInversion(Stage):
         if self.options.threshold is not None:
             return self.options.threshold
         return X0Rule(mode="clip" if ctx.sampler.clip_x0 else "none")
-
-    @classmethod
-    def prior_problems(cls, options: ODEInversionOptions, prior: Any) -> list[tuple[str, str]]:
-        top = prior.num_train_timesteps - 1
-        if options.depth is not None and options.depth > top:
-            return [("depth", f"{options.depth} is beyond the prior's last timestep {top}")]
-        return []
 
     def depth(self, ctx: RunContext) -> int:
         top = ctx.prior.num_train_timesteps - 1

@@ -4,7 +4,7 @@ method.  The stage modules re-export them."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -120,6 +120,12 @@ class ODEInversionOptions(StageOptions):
         True,
         description="decode the latent with plain DDIM over the sampler's grid and report the error (costs as many calls)",
     )
+
+    def prior_problems(self, prior: Any) -> list[tuple[str, str]]:
+        top = prior.num_train_timesteps - 1
+        if self.depth is not None and self.depth > top:
+            return [("depth", f"{self.depth} is beyond the prior's last timestep {top}")]
+        return []
 
 
 class LangevinOptions(StageOptions):
