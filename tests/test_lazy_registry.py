@@ -54,25 +54,12 @@ def test_light_commands_import_no_torch(commands):
     assert heavy_imports(*commands) == {" ".join(c): [] for c in commands}
 
 
-def test_validating_every_builtin_recipe_imports_no_torch_but_ddnm_operators():
-    """Every built-in recipe validates (per_prior applied for the default prior) without torch,
-    except those whose operator must have a pseudo-inverse: that check builds the operator."""
-    registry = load_registry(entry_points=False)
-    names = sorted(recipe_index(registry))
-    pinv = {n for n in names if _needs_pinv(load_recipe(n, registry))}
-    found = heavy_imports(*[["validate", n] for n in names if n not in pinv])
-    assert found == {f"validate {n}": [] for n in names if n not in pinv}
-    assert len(found) >= 25
-
-
-def _needs_pinv(recipe) -> bool:
-    from guidestack.engine.refs import OperatorRef
-
-    return any(
-        isinstance(v, OperatorRef) and v.needs
-        for s in recipe.stages
-        for v in (getattr(s, f) for f in type(s).model_fields)
-    )
+def test_validating_every_builtin_recipe_imports_no_torch():
+    """Every built-in recipe validates (per_prior applied for the default prior) without torch:
+    options models declare their prior checks and their operators' capabilities."""
+    names = sorted(recipe_index(load_registry(entry_points=False)))
+    found = heavy_imports(*[["validate", n] for n in names])
+    assert found == {f"validate {n}": [] for n in names} and len(names) >= 30
 
 
 def test_the_help_lists_plugin_commands_without_importing_them():

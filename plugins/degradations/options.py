@@ -4,7 +4,7 @@ listed without loading the operators.  Each operator module re-exports its own."
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -16,6 +16,14 @@ from guidestack.engine.refs import DegradationRef
 
 class DegradationOptions(StrictModel):
     """Options of a degradation (subclass per operator)."""
+
+    def capabilities(self, registry: Any) -> frozenset[str] | None:
+        """What the operator can do with these options, declared here so a recipe is checked
+        without importing the operator: ``"linear"`` (an adjoint), ``"pinv"`` (a closed-form
+        pseudo-inverse), ``"coisometry"`` (``H H^T = c I``).  ``None``: undeclared (the check
+        builds the operator).  ``tests/test_degradations.py`` builds every operator and
+        compares."""
+        return None
 
 
 class LinearOptions(DegradationOptions):
@@ -42,7 +50,8 @@ class StochasticOptions(DegradationOptions):
 
 
 class IdentityOptions(LinearOptions):
-    pass
+    def capabilities(self, registry: Any) -> frozenset[str] | None:
+        return frozenset({"linear", "pinv", "coisometry"})
 
 
 class DownsampleOptions(LinearOptions):
@@ -61,6 +70,10 @@ class DownsampleOptions(LinearOptions):
         "full: the input is a full-resolution picture (downsampled like x0)",
     )
 
+    def capabilities(self, registry: Any) -> frozenset[str] | None:
+        area = {"coisometry"} if self.mode == "area" else set()
+        return frozenset({"linear", "pinv", *area})
+
 
 class GrayscaleOptions(LinearOptions):
     weights: Literal["bt601", "mean"] = Field(
@@ -68,6 +81,9 @@ class GrayscaleOptions(LinearOptions):
         description="bt601: luma 0.299 R + 0.587 G + 0.114 B; mean: (R + G + B) / 3 (DDNM's and "
         "PGDiff's gray)",
     )
+
+    def capabilities(self, registry: Any) -> frozenset[str] | None:
+        return frozenset({"linear", "pinv", "coisometry"})
 
 
 # --- masks -------------------------------------------------------------------------------------
@@ -84,6 +100,9 @@ class MaskOptions(LinearOptions):
         description="without a mask every pixel is known (H is the identity) instead of an error",
     )
 
+    def capabilities(self, registry: Any) -> frozenset[str] | None:
+        return frozenset({"linear", "pinv"})
+
 
 class BoxMaskOptions(LinearOptions):
     box: tuple[float, float, float, float] = Field(
@@ -98,10 +117,16 @@ class BoxMaskOptions(LinearOptions):
             raise ValueError(f"box {self.box} must lie inside the unit square with positive size")
         return self
 
+    def capabilities(self, registry: Any) -> frozenset[str] | None:
+        return frozenset({"linear", "pinv"})
+
 
 class PixelSubsampleOptions(LinearOptions):
     ratio: float = Field(0.05, gt=0.0, le=1.0, description="fraction of pixels kept (CS 5% = 0.05)")
     seed: int = Field(0, ge=0, description="seed of the fixed sampling pattern")
+
+    def capabilities(self, registry: Any) -> frozenset[str] | None:
+        return frozenset({"linear", "pinv"})
 
 
 # --- blur --------------------------------------------------------------------------------------
@@ -127,6 +152,9 @@ class KernelBlurOptions(LinearOptions):
         description="circular boundary: frequencies where the kernel's spectrum is below rcond "
         "times its peak are cut from H (DDRM/DDNM: 3e-2), so H^+ is bounded by 1 / rcond",
     )
+
+    def capabilities(self, registry: Any) -> frozenset[str] | None:
+        return frozenset({"linear", "pinv"} if self.boundary == "circular" else {"linear"})
 
 
 class GaussianBlurOptions(KernelBlurOptions):
@@ -178,6 +206,9 @@ class BlindBlurOptions(DegradationOptions):
             raise ValueError(f"size must be odd, got {self.size}")
         return self
 
+    def capabilities(self, registry: Any) -> frozenset[str] | None:
+        return frozenset({"linear"})
+
 
 # --- compose -----------------------------------------------------------------------------------
 
@@ -188,6 +219,19 @@ class ComposeOptions(LinearOptions):
         description='operators applied in order, e.g. [{use = "gaussian-blur-kernel", sigma = 2}, '
         '{use = "downsample", factor = 4}]',
     )
+
+    def capabilities(self, registry: Any) -> frozenset[str] | None:
+        parts = [op.capabilities(registry) for op in self.ops]
+        if any(p is None for p in parts):
+            return None
+        linear = all("linear" in p for p in parts)
+        coisometry = all("coisometry" in p for p in parts)
+        inner = all("coisometry" in p for p in parts[:-1])
+        pinv = linear and inner and "pinv" in parts[-1]
+        found = {"linear"} if linear else set()
+        return frozenset(
+            found | ({"pinv"} if pinv else set()) | ({"coisometry"} if coisometry else set())
+        )
 
 
 # --- noise -------------------------------------------------------------------------------------
