@@ -80,7 +80,7 @@ class Entry:
     def options(self) -> type[BaseModel] | None:
         """The options model, imported on first use when it was registered as a path."""
         if isinstance(self.options_target, str):
-            self.options_target = import_object(self.options_target, self, "options model")
+            self.options_target = import_object(self.options_target, self, "with options")
         return self.options_target
 
 
@@ -98,33 +98,33 @@ class PriorFacts:
 
 @dataclass(frozen=True)
 class LazyRef:
-    """Where a lazy entry's object lives: ``"module:attr"`` paths (several for a tuple object,
-    e.g. a prior backend's ``claims`` and ``load``), or a module whose ``attrs`` make the object
-    (a command's ``configure`` and ``run``)."""
+    """Where a lazy entry's object lives: one ``"module:attr"`` path, or several for an object
+    that is a tuple (a prior backend's ``claims`` and ``load``, a command's ``configure`` and
+    ``run``)."""
 
     paths: tuple[str, ...]
 
     def load(self, entry: Entry) -> Any:
-        found = tuple(import_object(p, entry, entry.kind) for p in self.paths)
+        found = tuple(import_object(p, entry) for p in self.paths)
         return found[0] if len(found) == 1 else found
 
 
-def import_object(path: str, entry: Entry | None = None, what: str = "object") -> Any:
+def import_object(path: str, entry: Entry | None = None, what: str = "as") -> Any:
     """The object at ``"package.module:attr"`` (``attr`` may be dotted), imported now;
     :class:`PluginError` naming the plugin and entry when it cannot be found."""
     module_name, sep, attr = path.partition(":")
-    where = (
-        "" if entry is None else f"plugin '{entry.plugin}' registered {entry.kind} '{entry.name}'"
-    )
     try:
         obj: Any = importlib.import_module(module_name)
         for part in attr.split(".") if sep and attr else ():
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
+        where = (
+            "cannot import"
+            if entry is None
+            else (f"plugin '{entry.plugin}' registered {entry.kind} '{entry.name}' {what}")
+        )
         raise PluginError(
-            f"{where or 'cannot import'} {what} {path!r}"
-            + (", which cannot be imported" if where else "")
-            + f": {type(exc).__name__}: {exc}"
+            f"{where} {path!r}, which cannot be imported: {type(exc).__name__}: {exc}"
         ) from exc
     return obj
 
