@@ -17,6 +17,14 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class RestorerOptions(StrictModel):
+    """Options of a restorer (subclass per restorer; also exported by :mod:`.restorer`)."""
+
+
+class PipelineOptions(StrictModel):
+    """Options of a pipeline (subclass per pipeline; also exported by :mod:`.pipeline`)."""
+
+
 class SamplerConfig(StrictModel):
     """How the reverse process walks the noise schedule."""
 

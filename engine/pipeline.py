@@ -16,15 +16,11 @@ from typing import Any, ClassVar
 import torch
 from pydantic import BaseModel
 
-from .config import StrictModel
+from .config import PipelineOptions as PipelineOptions  # its home is config (no torch)
 from .upsampler import Upsampler
 
 #: restores a batch of crops ``[N, C, S, S]`` in [-1, 1] at the prior's size ``S``
 RestoreCrops = Callable[[torch.Tensor], torch.Tensor]
-
-
-class PipelineOptions(StrictModel):
-    """Options of a pipeline (subclass per pipeline)."""
 
 
 @dataclass

@@ -435,8 +435,8 @@ def _validate_stages(
                 )
             )
             continue
-        cls = registry.stage(use)
-        if cls is None:
+        stage = registry.get("stage", use)
+        if stage is None:
             close = difflib.get_close_matches(use, known, n=3)
             hint = (
                 f"; did you mean {', '.join(repr(c) for c in close)}?"
@@ -445,10 +445,10 @@ def _validate_stages(
             )
             problems.append((f"{where}.use", f"unknown stage '{use}'{hint}"))
             continue
-        try:
-            options = cls.Options.model_validate(entry)
+        try:  # the options model alone: a lazily registered stage is not imported to check
+            options = stage.options.model_validate(entry)
         except ValidationError as exc:
-            problems.extend(_errors(where, exc, cls.Options))
+            problems.extend(_errors(where, exc, stage.options))
             continue
         problems.extend(_validate_nested_refs(where, options, registry))
         sid = options.id or use
@@ -595,8 +595,14 @@ def prior_problems(recipe: Recipe, prior: Any, registry: Registry) -> list[tuple
     if start is not None and start > top:
         problems.append(("sampler.start", f"{start} is beyond the prior's last timestep {top}"))
     for i, options in enumerate(recipe.stages):
-        cls = registry.stage(options.use)
-        for field_name, message in cls.prior_problems(options, prior):
+        entry = registry.get("stage", options.use)
+        # a stage not imported yet (lazy) is checked by its options model alone
+        found = (
+            options.prior_problems(prior)
+            if entry.lazy
+            else entry.obj.prior_problems(options, prior)
+        )
+        for field_name, message in found:
             problems.append((f"stage[{i}].{field_name}", message))
     return problems
 

@@ -103,6 +103,16 @@ class DegradationRef(PluginRef):
             raise KeyError(f"unknown {self.kind} '{self.use}'")
         return entry.obj(entry.options.model_validate(self.options_dict()), registry=registry)
 
+    def capabilities(self, registry: Registry) -> frozenset[str] | None:
+        """What the referenced operator can do with these options (``"linear"``, ``"pinv"``,
+        ``"coisometry"``), as its options model declares through ``capabilities(registry)``
+        without building (importing) the operator; ``None`` when the model declares nothing."""
+        entry = registry.get(self.kind, self.use)
+        if entry is None or entry.options is None:
+            return None
+        declare = getattr(entry.options.model_validate(self.options_dict()), "capabilities", None)
+        return None if declare is None else declare(registry)
+
 
 class OperatorRef(DegradationRef):
     """A measurement operator ``H`` for a solver: a registered degradation (the same plugins
@@ -116,10 +126,15 @@ class OperatorRef(DegradationRef):
         problems = super().check(where, registry)
         if problems or not self.needs:
             return problems
-        op = self.build(registry)
-        if "linear" in self.needs and not op.has_adjoint:
+        can = self.capabilities(registry)
+        if can is None:  # the options model does not say: build the operator and ask it
+            op = self.build(registry)
+            can = frozenset(
+                name for name, has in (("linear", op.has_adjoint), ("pinv", op.has_pinv)) if has
+            )
+        if "linear" in self.needs and "linear" not in can:
             problems.append((f"{where}.use", f"operator '{self.use}' is not linear"))
-        if "pinv" in self.needs and not op.has_pinv:
+        if "pinv" in self.needs and "pinv" not in can:
             problems.append(
                 (
                     f"{where}.use",

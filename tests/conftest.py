@@ -10,6 +10,32 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 EXAMPLES = REPO / "examples" / "faces"
+#: what the CLI's listing commands (--help, recipes, plugins, validate) must never import
+HEAVY_MODULES = (
+    "torch",
+    "torchvision",
+    "diffusers",
+    "kornia",
+    "gradio",
+    "lpips",
+    "facenet_pytorch",
+    "spandrel",
+)
+#: ``python -c LIGHT_CLI_SCRIPT '<json list of argument lists>'`` runs the CLI's ``main`` on each
+#: in one process and prints ``{"args": [exit code, [heavy modules imported by then]]}``
+LIGHT_CLI_SCRIPT = f"""
+import contextlib, io, json, sys
+from guidestack.cli.main import main
+out = {{}}
+for args in json.loads(sys.argv[1]):
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = main(args)
+        except SystemExit as exc:  # --help
+            code = exc.code
+    out[" ".join(args)] = [code, [m for m in {HEAVY_MODULES!r} if m in sys.modules]]
+print(json.dumps(out))
+"""
 
 # The tests use tiny tensors, for which one thread is faster than two (and much faster when the
 # machine is busy); CLI subprocesses keep torch's default.

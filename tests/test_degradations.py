@@ -276,3 +276,47 @@ def test_shred_requires_a_mask_only_for_masking_operators(registry):
     nested = {"use": "compose", "ops": [{"use": "mask"}, {"use": "downsample"}]}
     assert cls.requires_for(shred_recipe(registry, nested).stages[0]) == ("mask",)
     assert cls.requires_for(shred_recipe(registry, {"use": "box-mask"}).stages[0]) == ()
+
+
+#: option variants under which declared capabilities are compared with the built operators
+CAPABILITY_VARIANTS = {
+    "downsample": [{"mode": "area"}, {"mode": "bicubic"}],
+    "gaussian-blur-kernel": [{"boundary": "circular"}, {"boundary": "reflect"}],
+    "motion-blur-kernel": [{"boundary": "circular"}, {"boundary": "reflect"}],
+    "grayscale": [{"weights": "mean"}, {"weights": "bt601"}],
+    "compose": [
+        {"ops": [{"use": "gaussian-blur-kernel", "boundary": "circular"}]},
+        {"ops": [{"use": "downsample"}, {"use": "grayscale"}]},
+        {"ops": [{"use": "grayscale"}, {"use": "downsample", "mode": "bicubic"}]},
+        {"ops": [{"use": "downsample", "mode": "bicubic"}, {"use": "mask"}]},
+        {"ops": [{"use": "blind-blur"}, {"use": "downsample"}]},
+        {"ops": [{"use": "jpeg"}, {"use": "downsample"}]},
+    ],
+}
+
+
+def test_declared_capabilities_are_the_operators_own(registry):
+    """Options models declare what their operator can do (so recipes are checked without
+    importing it): building every operator must give the same answers."""
+    from guidestack.engine.refs import DegradationRef
+
+    checked = 0
+    for name in registry.names("degradation"):
+        for options in CAPABILITY_VARIANTS.get(name, [{}]):
+            ref = DegradationRef(use=name, **options)
+            declared = ref.capabilities(registry)
+            if declared is None:  # undeclared: the check builds the operator
+                continue
+            op = ref.build(registry)
+            actual = {
+                what
+                for what, has in (
+                    ("linear", op.has_adjoint),
+                    ("pinv", op.has_pinv),
+                    ("coisometry", op.coisometry is not None),
+                )
+                if has
+            }
+            assert declared == actual, (name, options)
+            checked += 1
+    assert checked >= 15

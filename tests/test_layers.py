@@ -2,7 +2,7 @@
 
 * the engine (``guidestack.engine``) imports nothing of guidestack but itself;
 * image files (``guidestack.io``) import only the engine's errors and themselves;
-* the public API (``guidestack``, ``guidestack.api``, ``.result``, ``.progress``,
+* the public API (``guidestack``, ``guidestack.api``, ``.lookup``, ``.result``, ``.progress``,
   ``.distributed``) imports the
   engine and ``guidestack.io``, never a plugin or an application;
 * the applications (the CLI, the web UI, the bench) use only the public API;
@@ -29,6 +29,7 @@ ROOTS = {
 PUBLIC_API = (
     "guidestack",
     "guidestack.api",
+    "guidestack.lookup",
     "guidestack.result",
     "guidestack.progress",
     "guidestack.distributed",
@@ -44,12 +45,13 @@ METHODS = {
         "unmasked_region",
         "identity",
         "perceptual",
+        "pgdiff_options",
     ),
-    "difface": ("difface", "paste_known"),
-    "odedit": ("odedit", "projections"),
-    "shred": ("shred",),
-    "dps": ("dps",),
-    "ddnm": ("ddnm",),
+    "difface": ("difface", "paste_known", "difface_options"),
+    "odedit": ("odedit", "projections", "odedit_options"),
+    "shred": ("shred", "shred_options"),
+    "dps": ("dps", "dps_options"),
+    "ddnm": ("ddnm", "ddnm_options"),
 }
 
 

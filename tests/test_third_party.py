@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, REPO
+from conftest import EXAMPLES, LIGHT_CLI_SCRIPT, REPO
 
 from guidestack.engine import hookspecs
 from guidestack.engine.errors import PluginError
@@ -25,6 +25,14 @@ from guidestack.engine.recipe import recipe_index
 from guidestack.engine.registry import load_registry
 
 EXAMPLE = REPO / "examples" / "guidestack-plugin-example"
+#: the listing commands, which must not import torch with the (lazily registering) example
+LIGHT_COMMANDS = [
+    ["--help"],
+    ["recipes", "--json"],
+    ["plugins"],
+    ["plugins", "--json"],
+    ["validate", "symmetric-faces"],
+]
 TIMEOUT = 600
 
 
@@ -146,6 +154,10 @@ def outcomes(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
             environment(site),
         ),
+        "light": (
+            [sys.executable, "-c", LIGHT_CLI_SCRIPT, json.dumps(LIGHT_COMMANDS)],
+            environment(site),
+        ),
     }
     processes = {
         name: subprocess.Popen(
@@ -242,6 +254,12 @@ def test_the_plugin_command_runs(outcomes):
 def test_example_package_tests_pass_with_guidestack_fixtures(outcomes):
     out = ok(outcomes["tests"])
     assert " passed" in out and "failed" not in out
+
+
+def test_listing_commands_import_no_torch_with_the_example(outcomes):
+    """The example registers lazily, so listing and validating never import its stages."""
+    found = json.loads(ok(outcomes["light"]).splitlines()[-1])
+    assert found == {" ".join(c): [0, []] for c in LIGHT_COMMANDS}
 
 
 def test_blocked_plugin_is_gone(outcomes):

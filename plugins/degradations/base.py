@@ -28,29 +28,14 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from torch import nn
 
-from guidestack.engine.config import StrictModel
 from guidestack.engine.context import Observation
 from guidestack.io.images import to_square
 
-
-class DegradationOptions(StrictModel):
-    """Options of a degradation (subclass per operator)."""
-
-
-class LinearOptions(DegradationOptions):
-    """Options of a linear operator: its measurement noise."""
-
-    noise: float = Field(
-        0.0,
-        ge=0.0,
-        le=2.0,
-        description="standard deviation of the measurement noise n in y = H(x) + n, pixel values "
-        "in [-1, 1] (8-bit sigma s is 2 s / 255); what noise-aware solvers assume (DDNM+), "
-        "never added to an image",
-    )
+from .options import DegradationOptions
+from .options import LinearOptions as LinearOptions  # re-exported: operators import it from here
 
 
 class Degradation(nn.Module):

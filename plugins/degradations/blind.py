@@ -17,34 +17,18 @@ successor's value for the network; free logits and a log-width need larger steps
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
 from guidestack.engine.context import Observation
 
-from .base import Degradation, DegradationOptions
+from .base import Degradation
 from .blur import blur, gaussian_kernel, kernel_width
+from .options import BlindBlurOptions
 
 NETWORK_INPUT = 200
-
-
-class BlindBlurOptions(DegradationOptions):
-    size: int = Field(15, ge=3, le=101, description="odd kernel side in pixels")
-    kernel: Literal["softmax", "network", "gaussian"] = Field(
-        "softmax", description="parameterisation of the unknown kernel"
-    )
-    init_sigma: float = Field(1.0, gt=0, le=30, description="initial width (softmax, gaussian)")
-    hidden: int = Field(1000, ge=8, le=4096, description="hidden units of the kernel network")
-    seed: int = Field(0, ge=0, description="seed of the kernel network's input and weights")
-
-    @model_validator(mode="after")
-    def _odd(self) -> BlindBlurOptions:
-        if self.size % 2 == 0:
-            raise ValueError(f"size must be odd, got {self.size}")
-        return self
 
 
 SUGGESTED_LR = {"softmax": 0.05, "network": 2e-4, "gaussian": 0.02}

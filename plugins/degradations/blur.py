@@ -18,13 +18,13 @@ Two boundaries:
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 
-from .base import Degradation, LinearOptions
+from .base import Degradation
+from .options import GaussianBlurOptions, MotionBlurOptions
+from .options import KernelBlurOptions as KernelBlurOptions  # re-exported
 
 
 def auto_size(sigma: float) -> int:
@@ -143,45 +143,6 @@ def kernel_width(kernels: torch.Tensor) -> torch.Tensor:
     return (second / 2).sqrt()
 
 
-class KernelBlurOptions(LinearOptions):
-    """Boundary and arithmetic of a fixed-kernel blur."""
-
-    boundary: Literal["reflect", "circular"] = Field(
-        "reflect",
-        description="reflect: mirrored borders (no closed-form pseudo-inverse); circular: the "
-        "image wraps around, H is diagonal in the Fourier basis and has an exact H^+",
-    )
-    method: Literal["fft", "conv"] = Field(
-        "fft",
-        description="reflect boundary: convolve through FFTs of the padded image or with conv2d "
-        "(the same numbers to float rounding)",
-    )
-    rcond: float = Field(
-        0.03,
-        gt=0,
-        lt=1,
-        description="circular boundary: frequencies where the kernel's spectrum is below rcond "
-        "times its peak are cut from H (DDRM/DDNM: 3e-2), so H^+ is bounded by 1 / rcond",
-    )
-
-
-class GaussianBlurOptions(KernelBlurOptions):
-    sigma: float = Field(2.0, gt=0, le=30, description="standard deviation in pixels (x axis)")
-    sigma_y: float | None = Field(
-        None, gt=0, le=30, description="y-axis sigma (anisotropic); default sigma"
-    )
-    angle: float = Field(0.0, ge=-180, le=180, description="rotation of the x axis in degrees")
-    size: int | None = Field(
-        None, ge=1, le=101, description="odd kernel side; default covers 3 sigma"
-    )
-
-    @model_validator(mode="after")
-    def _odd(self) -> GaussianBlurOptions:
-        if self.size is not None and self.size % 2 == 0:
-            raise ValueError(f"size must be odd, got {self.size}")
-        return self
-
-
 class _KernelBlur(Degradation):
     """A fixed kernel (``kernel()``) with the boundary and method of :class:`KernelBlurOptions`."""
 
@@ -257,20 +218,6 @@ class GaussianBlurKernel(_KernelBlur):
         o = self.options
         size = o.size or auto_size(max(o.sigma, o.sigma_y or 0.0))
         return gaussian_kernel(size, o.sigma, o.sigma_y, o.angle, device=device, dtype=dtype)
-
-
-class MotionBlurOptions(KernelBlurOptions):
-    length: float = Field(7.0, ge=1, le=61, description="streak length in pixels")
-    angle: float = Field(0.0, ge=-180, le=180, description="direction in degrees (0 = horizontal)")
-    size: int | None = Field(
-        None, ge=1, le=101, description="odd kernel side; default fits the streak"
-    )
-
-    @model_validator(mode="after")
-    def _odd(self) -> MotionBlurOptions:
-        if self.size is not None and self.size % 2 == 0:
-            raise ValueError(f"size must be odd, got {self.size}")
-        return self
 
 
 class MotionBlurKernel(_KernelBlur):

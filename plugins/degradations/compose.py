@@ -14,21 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 from torch import nn
 
 from guidestack.engine.context import Observation
-from guidestack.engine.refs import DegradationRef
 
-from .base import Degradation, LinearOptions
-
-
-class ComposeOptions(LinearOptions):
-    ops: list[DegradationRef] = Field(
-        min_length=1,
-        description='operators applied in order, e.g. [{use = "gaussian-blur-kernel", sigma = 2}, '
-        '{use = "downsample", factor = 4}]',
-    )
+from .base import Degradation
+from .options import ComposeOptions
 
 
 def _registry(registry: Any) -> Any:

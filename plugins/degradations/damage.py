@@ -11,18 +11,13 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import Field
 
-from .stochastic import Stochastic, StochasticOptions, paint, uniform
+from .options import FreeFormMaskOptions, RandomLinesOptions, RandomPixelsOptions, ScratchesOptions
+from .stochastic import Stochastic, paint, uniform
 
 
 def _px(fraction: float, side: int) -> float:
     return max(1.0, fraction * side)
-
-
-class RandomLinesOptions(StochasticOptions):
-    fraction: float = Field(0.1, gt=0, le=1, description="share of the columns covered by lines")
-    width: float = Field(1 / 64, gt=0, le=0.5, description="line width as a fraction of the width")
 
 
 class RandomLines(Stochastic):
@@ -56,10 +51,6 @@ class RandomLines(Stochastic):
 
     def apply(self, x: torch.Tensor, drawn: dict[str, torch.Tensor]) -> torch.Tensor:
         return paint(x, drawn["mask"].to(x.dtype), drawn["colour"].to(x.dtype))
-
-
-class RandomPixelsOptions(StochasticOptions):
-    fraction: float = Field(0.1, gt=0, le=1, description="share of the pixels replaced")
 
 
 class RandomPixels(Stochastic):
@@ -105,11 +96,6 @@ def polyline_mask(
         dist = torch.sqrt((rows - a[0] - t * d[0]) ** 2 + (cols - a[1] - t * d[1]) ** 2)
         best = torch.minimum(best, dist)
     return (best <= width / 2).to(like.dtype).view(1, 1, h, w)
-
-
-class FreeFormMaskOptions(StochasticOptions):
-    strokes: int = Field(4, ge=1, le=64, description="number of brush strokes")
-    width: float = Field(0.08, gt=0, le=0.5, description="brush width as a fraction of the side")
 
 
 #: vertices per stroke (fixed, so each stroke consumes the same randomness at every severity)
@@ -161,13 +147,6 @@ class FreeFormMask(Stochastic):
 
     def pinv(self, y: torch.Tensor) -> torch.Tensor:
         return self(y)
-
-
-class ScratchesOptions(StochasticOptions):
-    count: int = Field(4, ge=1, le=100, description="number of scratches")
-    width: float = Field(
-        1 / 96, gt=0, le=0.2, description="scratch width as a fraction of the side"
-    )
 
 
 class Scratches(Stochastic):

@@ -5,21 +5,9 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import Field
 
-from .stochastic import Stochastic, StochasticOptions, uniform
-
-
-class ElasticOptions(StochasticOptions):
-    displacement: float = Field(
-        0.03, ge=0, le=0.5, description="RMS displacement as a fraction of the image side"
-    )
-    smoothness: float = Field(
-        0.1,
-        gt=0,
-        le=1,
-        description="Gaussian smoothing of the field, sigma as a fraction of the side",
-    )
+from .options import ElasticOptions
+from .stochastic import Stochastic, uniform
 
 
 class Elastic(Stochastic):

@@ -9,24 +9,19 @@ downsampling is separable (``H x = R X C^T`` with 1-D matrices built from the re
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from guidestack.engine.context import Observation
 
-from .base import Degradation, LinearOptions
+from .base import Degradation
+from .options import DownsampleOptions, GrayscaleOptions, IdentityOptions
 
 #: ITU-R BT.601 luma weights; they sum to 1, so the map commutes with the [-1, 1] scaling
 LUMA = (0.299, 0.587, 0.114)
 #: the plain channel mean (PGDiff's lightness, DDNM's colorization operator)
 MEAN = (1 / 3, 1 / 3, 1 / 3)
-
-
-class IdentityOptions(LinearOptions):
-    pass
 
 
 class Identity(Degradation):
@@ -47,23 +42,6 @@ class Identity(Degradation):
 
     def pinv(self, y: torch.Tensor) -> torch.Tensor:
         return y
-
-
-class DownsampleOptions(LinearOptions):
-    factor: int = Field(
-        4, ge=2, le=64, description="downsampling factor k (output side = side / k)"
-    )
-    mode: Literal["area", "bicubic"] = Field(
-        "area",
-        description="area: average of k x k blocks (SHRED/BIRD's uniform downsampling, DDNM's "
-        "average pooling); bicubic: antialiased bicubic resize (DPS's)",
-    )
-    observation: Literal["upsampled", "full"] = Field(
-        "upsampled",
-        description="upsampled: the input is a low-resolution photo (the public API keeps it at "
-        "side / k; at the prior's size it is taken as its bicubic upsampling and inverted); "
-        "full: the input is a full-resolution picture (downsampled like x0)",
-    )
 
 
 class Downsample(Degradation):
@@ -197,14 +175,6 @@ def _unupsample(low: int, high: int, device: torch.device) -> torch.Tensor:
     (``align_corners=False``, antialias; the 2-D resize is separable)."""
     dtype = torch.float32 if device.type == "mps" else torch.float64
     return torch.linalg.pinv(_resize_matrix(low, high)).to(device=device, dtype=dtype)
-
-
-class GrayscaleOptions(LinearOptions):
-    weights: Literal["bt601", "mean"] = Field(
-        "bt601",
-        description="bt601: luma 0.299 R + 0.587 G + 0.114 B; mean: (R + G + B) / 3 (DDNM's and "
-        "PGDiff's gray)",
-    )
 
 
 class Grayscale(Degradation):

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel
 
 from guidestack.engine.context import Observation
 from guidestack.engine.errors import InputError
 from guidestack.io.images import read_image, to_square
 
-from .base import Degradation, LinearOptions
+from .base import Degradation
+from .options import BoxMaskOptions, MaskOptions, PixelSubsampleOptions
 
 
 def _fit(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -58,18 +59,6 @@ class _Masking(Degradation):
         return self(y)
 
 
-class MaskOptions(LinearOptions):
-    path: str | None = Field(
-        None,
-        description="a mask file (white = missing), resized to the image as inputs are; default: "
-        "the observation's mask (--mask)",
-    )
-    optional: bool = Field(
-        False,
-        description="without a mask every pixel is known (H is the identity) instead of an error",
-    )
-
-
 class Mask(_Masking):
     name = "mask"
     description = (
@@ -99,20 +88,6 @@ class Mask(_Masking):
         self._mask = (observation.mask >= 0.5).to(image.dtype)
 
 
-class BoxMaskOptions(LinearOptions):
-    box: tuple[float, float, float, float] = Field(
-        (0.25, 0.25, 0.5, 0.5),
-        description="missing box as fractions of the image: (top, left, height, width)",
-    )
-
-    @model_validator(mode="after")
-    def _inside(self) -> BoxMaskOptions:
-        top, left, height, width = self.box
-        if min(self.box) < 0 or height <= 0 or width <= 0 or top + height > 1 or left + width > 1:
-            raise ValueError(f"box {self.box} must lie inside the unit square with positive size")
-        return self
-
-
 def _centred(side: float) -> dict:
     return {"box": ((1 - side) / 2, (1 - side) / 2, side, side)}
 
@@ -137,11 +112,6 @@ class BoxMask(_Masking):
         r0, c0 = round(top * h), round(left * w)
         mask[:, :, r0 : r0 + max(1, round(height * h)), c0 : c0 + max(1, round(width * w))] = 1.0
         self._mask = mask
-
-
-class PixelSubsampleOptions(LinearOptions):
-    ratio: float = Field(0.05, gt=0.0, le=1.0, description="fraction of pixels kept (CS 5% = 0.05)")
-    seed: int = Field(0, ge=0, description="seed of the fixed sampling pattern")
 
 
 class PixelSubsample(_Masking):

@@ -3,15 +3,9 @@
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 
-from .stochastic import Stochastic, StochasticOptions, normal
-
-
-class GaussianNoiseOptions(StochasticOptions):
-    sigma: float = Field(
-        15.0, ge=0, le=255, description="standard deviation in 8-bit levels (0..255 scale)"
-    )
+from .options import GaussianNoiseOptions, PoissonNoiseOptions
+from .stochastic import Stochastic, normal
 
 
 class GaussianNoise(Stochastic):
@@ -35,12 +29,6 @@ class GaussianNoise(Stochastic):
     def apply(self, x: torch.Tensor, drawn: dict[str, torch.Tensor]) -> torch.Tensor:
         sigma = 2.0 * self.options.sigma / 255.0  # [-1, 1] spans 2
         return (x + sigma * drawn["noise"].to(x.dtype)).clamp(-1.0, 1.0)
-
-
-class PoissonNoiseOptions(StochasticOptions):
-    peak: float = Field(
-        30.0, gt=0, le=1e5, description="photons at full brightness (fewer = noisier)"
-    )
 
 
 class PoissonNoise(Stochastic):

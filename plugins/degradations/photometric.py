@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import io
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from pydantic import Field
 
-from .base import Degradation, DegradationOptions
+from .base import Degradation
 from .linear import LUMA
-
-
-class JpegOptions(DegradationOptions):
-    quality: int = Field(30, ge=1, le=100, description="JPEG quality (lower = stronger artefacts)")
-    codec: Literal["pil", "kornia"] = Field(
-        "pil",
-        description="codec of simulate(): pil = a real JPEG encode/decode in memory (what users "
-        "have); kornia = kornia's differentiable JPEG (what forward() always uses)",
-    )
+from .options import ContrastOptions, DesaturateOptions, JpegOptions, PixelateOptions
 
 
 def pil_jpeg(x: torch.Tensor, quality: int) -> torch.Tensor:
@@ -70,10 +60,6 @@ class Jpeg(Degradation):
         return pil_jpeg(x, self.options.quality)
 
 
-class ContrastOptions(DegradationOptions):
-    factor: float = Field(0.5, gt=0, le=1, description="contrast kept (1 = unchanged)")
-
-
 class Contrast(Degradation):
     """``y = m + c (x - m)`` with ``m`` the sample's mean: a washed-out, faded picture."""
 
@@ -91,10 +77,6 @@ class Contrast(Degradation):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = x.mean(dim=(1, 2, 3), keepdim=True)
         return m + self.options.factor * (x - m)
-
-
-class PixelateOptions(DegradationOptions):
-    block: int = Field(4, ge=1, le=64, description="side of the flat blocks in pixels")
 
 
 class Pixelate(Degradation):
@@ -117,10 +99,6 @@ class Pixelate(Degradation):
         size = (max(1, round(x.shape[-2] / b)), max(1, round(x.shape[-1] / b)))
         small = F.interpolate(x, size=size, mode="area")
         return F.interpolate(small, size=x.shape[-2:], mode="nearest")
-
-
-class DesaturateOptions(DegradationOptions):
-    amount: float = Field(1.0, ge=0, le=1, description="share of colour removed (1 = grayscale)")
 
 
 class Desaturate(Degradation):

@@ -5,42 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
 from guidestack.io.images import to_square
 
 from .apply import build_spec, degrade_batch
-from .stochastic import Stochastic, StochasticOptions, child_seed, generator_for
-
-#: the operators ``random`` draws from by default: every kind of damage the benchmarks cover
-DEFAULT_POOL = (
-    "gaussian-blur-kernel",
-    "motion-blur-kernel",
-    "gaussian-noise",
-    "poisson-noise",
-    "jpeg",
-    "downsample",
-    "contrast",
-    "pixelate",
-    "elastic",
-    "random-lines",
-    "random-pixels",
-    "box-mask",
-    "free-form-mask",
-    "desaturate",
-    "scratches",
-)
-
-
-class RandomOptions(StochasticOptions):
-    ops: list[str] = Field(
-        default_factory=lambda: list(DEFAULT_POOL),
-        min_length=1,
-        description="degradations to draw from (each needs a severity table)",
-    )
-    severity: int | None = Field(
-        None, ge=1, le=5, description="fixed severity; default: drawn uniformly from 1..5"
-    )
+from .options import DEFAULT_POOL as DEFAULT_POOL  # re-exported
+from .options import RandomOptions
+from .stochastic import Stochastic, child_seed, generator_for
 
 
 class RandomDegradation(Stochastic):

@@ -23,13 +23,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from pydantic import Field
 
-from .base import Degradation, DegradationOptions
-
-
-class StochasticOptions(DegradationOptions):
-    seed: int = Field(0, ge=0, description="seed used when no per-sample generators are given")
+from .base import Degradation
+from .options import StochasticOptions
 
 
 def generator_for(seed: int, device: torch.device | str = "cpu") -> torch.Generator:

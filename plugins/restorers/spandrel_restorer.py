@@ -20,17 +20,17 @@ How a network is run on ``y`` (the prior's size, in [-1, 1]):
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 
 from guidestack.engine.errors import InputError
-from guidestack.engine.restorer import Restorer, RestorerOptions
+from guidestack.engine.restorer import Restorer
 
 from ..weights import fetch
 from .catalogue import PRESETS
+from .options import SpandrelOptions
 from .spandrel_loader import EXTRA_HINT, extra_installed, load_file
 from .tiling import run_tiled
 
@@ -124,47 +124,6 @@ def run_network(
             out = out.mean(dim=1, keepdim=True)
         outs.append(out)
     return (torch.cat(outs) * 2 - 1).to(y.dtype)
-
-
-class SpandrelOptions(RestorerOptions):
-    path: str | None = Field(
-        None, description="weights file (.pth/.pt/.ckpt/.safetensors) of any spandrel architecture"
-    )
-    model: str | None = Field(
-        None,
-        description=f"a named weights file instead of path ({', '.join(PRESETS)}); "
-        "downloaded to the models folder when its checksum is known",
-    )
-    size: int | None = Field(
-        None,
-        ge=16,
-        le=4096,
-        description="resize the input to this square side for the network (face networks: 512)",
-    )
-    downsample: float | None = Field(
-        None,
-        ge=1.0,
-        le=8.0,
-        description="shrink the input by this factor before the network (default: scale / 2)",
-    )
-    tile: int = Field(
-        512, ge=0, le=8192, description="largest tile side the network sees (0: never tile)"
-    )
-    tile_overlap: int = Field(32, ge=0, le=256, description="overlap of neighbouring tiles")
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        "auto", description="precision of the network (auto: the run's)"
-    )
-    fidelity: float = Field(
-        0.5, ge=0.0, le=1.0, description="CodeFormer's w (0: quality, 1: fidelity to the input)"
-    )
-
-    @model_validator(mode="after")
-    def _one_source(self) -> SpandrelOptions:
-        if (self.path is None) == (self.model is None):
-            raise ValueError('give exactly one of path = "file.pth" or model = "<name>"')
-        if self.model is not None and self.model not in PRESETS:
-            raise ValueError(f"unknown model '{self.model}' (known: {', '.join(PRESETS)})")
-        return self
 
 
 def preset_path(name: str, who: str) -> str:

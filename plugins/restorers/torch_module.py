@@ -20,15 +20,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
 from torch import nn
 
 from guidestack.engine.errors import InputError
-from guidestack.engine.restorer import Restorer, RestorerOptions
+from guidestack.engine.restorer import Restorer
+
+from .options import TorchModuleOptions
 
 #: architecture name -> factory(**arch_options) returning an ``nn.Module``
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {}
@@ -57,35 +58,6 @@ class ResidualCNN(nn.Module):
 
 
 register_architecture("residual-cnn", ResidualCNN)
-
-
-class TorchModuleOptions(RestorerOptions):
-    path: str = Field(
-        description="torch.export (.pt2) or TorchScript file, or a state dict with architecture"
-    )
-    architecture: str | None = Field(
-        None, description="registered architecture of a state dict (none: TorchScript)"
-    )
-    arch_options: dict[str, Any] = Field(
-        default_factory=dict, description="keyword arguments of the architecture"
-    )
-    key: str | None = Field(
-        None, description="nested entry holding the state dict (e.g. params_ema, state_dict)"
-    )
-    call: Literal["y", "x_t,y,t"] = Field("y", description="the network's signature")
-    range: Literal["-1,1", "0,1"] = Field(
-        "-1,1", description="value range the network expects and returns"
-    )
-    size: int | None = Field(
-        None, ge=8, le=4096, description="resize to this side for the network and back"
-    )
-
-    @model_validator(mode="after")
-    def _known_architecture(self) -> TorchModuleOptions:
-        if self.architecture is not None and self.architecture not in ARCHITECTURES:
-            known = ", ".join(sorted(ARCHITECTURES)) or "none"
-            raise ValueError(f"unknown architecture '{self.architecture}' (registered: {known})")
-        return self
 
 
 _LOADED: dict[tuple[Any, ...], nn.Module] = {}

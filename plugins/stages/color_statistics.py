@@ -17,16 +17,15 @@ Target statistics (``statistics``):
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
 
 from guidestack.engine.context import RunContext, StepState
 from guidestack.engine.errors import InputError
 from guidestack.engine.hookspecs import hookimpl
-from guidestack.engine.stage import GuidanceOptions, Stage
+from guidestack.engine.stage import Stage
 
+from .pgdiff_options import ColorStatisticsOptions
 from .properties import block_gradient_where_missing, known_pixels, require_input, sum_per_sample
 
 #: the paper's CelebA-HQ colour statistics (official code), images in [-1, 1]
@@ -70,38 +69,6 @@ def folder_statistics(path: str | Path) -> tuple[list[float], list[float]]:
         means.append(mean.flatten())
         stds.append(std.flatten())
     return torch.stack(means).mean(0).tolist(), torch.stack(stds).mean(0).tolist()
-
-
-class ColorStatisticsOptions(GuidanceOptions):
-    weight: float = Field(
-        0.05, ge=0.0, description="0.05 for colorization, 0.5 in old photo (official)"
-    )
-    statistics: Literal["celeba-hq", "custom", "reference", "folder"] = Field(
-        "celeba-hq", description="where the target per-channel mean/std come from"
-    )
-    mean: tuple[float, float, float] | None = Field(
-        None, description="custom: R, G, B means in [-1, 1]"
-    )
-    std: tuple[float, float, float] | None = Field(None, description="custom: R, G, B stds (> 0)")
-    path: str | None = Field(None, description="folder: a folder of images (or one image)")
-    stop_gradient: bool = Field(
-        True, description="detach the AdaIN target (paper); false = official code"
-    )
-    mask_gradient: bool = Field(
-        False,
-        description="no gradient inside the mask (the official old-photo code zeroes it there)",
-    )
-
-    @model_validator(mode="after")
-    def _source_complete(self) -> ColorStatisticsOptions:
-        if self.statistics == "custom":
-            if self.mean is None or self.std is None:
-                raise ValueError('statistics = "custom" needs both mean and std')
-            if min(self.std) <= 0:
-                raise ValueError("std values must be > 0")
-        if self.statistics == "folder" and not self.path:
-            raise ValueError('statistics = "folder" needs path (a folder of images or one image)')
-        return self
 
 
 class ColorStatistics(Stage):

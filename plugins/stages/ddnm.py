@@ -45,37 +45,16 @@ from __future__ import annotations
 import math
 
 import torch
-from pydantic import Field
 
 from guidestack.engine import steps
 from guidestack.engine.context import RunContext, StepState
 from guidestack.engine.hookspecs import hookimpl
 from guidestack.engine.loop_api import RunResult
-from guidestack.engine.refs import PinvOperatorRef
 from guidestack.engine.registry import Registry
-from guidestack.engine.stage import Stage, StageOptions
+from guidestack.engine.stage import Stage
 from guidestack.plugins.degradations.binding import bind, needs_mask, relative_residual
 
-
-class DDNMOptions(StageOptions):
-    operator: PinvOperatorRef = Field(
-        description='the linear operator H with a pseudo-inverse, e.g. { use = "downsample", '
-        'factor = 4 }, { use = "mask" }, { use = "grayscale", weights = "mean" }; its noise '
-        "(sigma_y) > 0 turns DDNM into DDNM+"
-    )
-    travel_length: int = Field(
-        1, ge=1, le=1000, description="time travel: grid steps jumped back (the paper's l)"
-    )
-    travel_repeat: int = Field(
-        1,
-        ge=1,
-        le=100,
-        description="time travel: passes over each travelled stretch (the paper's r; 1 = none)",
-    )
-    window: tuple[int, int] | None = Field(
-        None,
-        description="project only when lo < t <= hi (ORIGINAL timesteps); default: every step",
-    )
+from .ddnm_options import DDNMOptions
 
 
 class DDNM(Stage):

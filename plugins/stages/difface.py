@@ -15,52 +15,20 @@ guidance property with the engine's ``x0`` rule, and the paste-back is the ``pas
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from guidestack.engine.context import InitialLatent, RunContext
 from guidestack.engine.errors import InputError, UsageError
 from guidestack.engine.hookspecs import hookimpl
-from guidestack.engine.refs import RestorerRef
 from guidestack.engine.registry import Registry
 from guidestack.engine.restorer import restore
 from guidestack.engine.sampler import grid_for
-from guidestack.engine.stage import Stage, StageOptions
+from guidestack.engine.stage import Stage
 
+from .difface_options import DifFaceOptions
 from .paste_known import PasteKnown
-
-
-class DifFaceOptions(StageOptions):
-    restorer: RestorerRef = Field(
-        default_factory=lambda: RestorerRef(use="gaussian-blur", sigma=1.0),
-        description=(
-            "restorer f giving the estimate f(y) that is diffused to the start "
-            '(paper: SwinIR; e.g. { use = "gaussian-blur", sigma = 1.0 })'
-        ),
-    )
-    start: int = Field(
-        400,
-        ge=0,
-        description="ORIGINAL timestep N the run starts from (paper: 400 restoration, 480 inpainting)",
-    )
-    first_call: Literal["start", "below"] = Field(
-        "start",
-        description=(
-            "start: the first model call is at N, the noise level of x_N; below: at the sampler's"
-            " grid point below N, x_N taken as that latent (the official code: 396 for N = 400"
-            " on ddim250)"
-        ),
-    )
-    fill_missing: bool = Field(
-        False,
-        description=(
-            "fill pixels where the mask is 1 from their surroundings before the restorer "
-            "(a stand-in for the paper's mask-aware inpainting estimator); needs a mask"
-        ),
-    )
 
 
 class DifFace(Stage):
@@ -74,13 +42,6 @@ class DifFace(Stage):
     @classmethod
     def requires_for(cls, options: DifFaceOptions) -> tuple[str, ...]:
         return ("mask",) if options.fill_missing else ()
-
-    @classmethod
-    def prior_problems(cls, options: DifFaceOptions, prior: Any) -> list[tuple[str, str]]:
-        top = prior.num_train_timesteps - 1
-        if options.start > top:
-            return [("start", f"{options.start} is beyond the prior's last timestep {top}")]
-        return []
 
     def setup(self, ctx: RunContext) -> None:
         top = ctx.prior.num_train_timesteps - 1

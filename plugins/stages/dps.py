@@ -22,39 +22,20 @@ by the mean inverse magnitude of the measurement (|y| floored at ``1e-3``).
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 
 from guidestack.engine.context import RunContext, StepState
 from guidestack.engine.errors import RecipeError
 from guidestack.engine.hookspecs import hookimpl
 from guidestack.engine.loop_api import RunResult
-from guidestack.engine.refs import OperatorRef
 from guidestack.engine.registry import Registry
-from guidestack.engine.stage import GuidanceOptions, Stage
+from guidestack.engine.stage import Stage
 from guidestack.plugins.degradations.binding import bind, needs_mask, relative_residual
+
+from .dps_options import DPSOptions
 
 #: |y| floor of the Poisson weighting (the official code divides by |y| unguarded)
 POISSON_FLOOR = 1e-3
-
-
-class DPSOptions(GuidanceOptions):
-    operator: OperatorRef = Field(
-        description='the measurement operator H, e.g. { use = "downsample", factor = 4, '
-        'mode = "bicubic" } or { use = "mask" }; any differentiable operator (non-linear too)'
-    )
-    noise_model: Literal["gaussian", "poisson"] = Field(
-        "gaussian",
-        description="gaussian: the data term is ||y - H(x0)||; poisson: the official code's "
-        "||y - H(x0)|| * mean(1 / |y|)",
-    )
-    paper_update: bool = Field(
-        True,
-        description='require the paper\'s update ([guidance] target = "xt", rule = "gradient"); '
-        "false: the loss joins whatever rule and target the recipe uses",
-    )
 
 
 class DPS(Stage):

@@ -16,17 +16,15 @@ batches equal single runs bit for bit.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
-from pydantic import Field
 
 from guidestack.engine.context import RunContext, StepState
 from guidestack.engine.hookspecs import hookimpl
-from guidestack.engine.stage import GuidanceOptions, Stage
+from guidestack.engine.stage import Stage
 
 from ..networks import default_weights_path, download_weights, load_embedder
+from .pgdiff_options import IdentityOptions
 from .properties import (
     cached_model,
     file_key,
@@ -36,22 +34,6 @@ from .properties import (
 )
 
 DEFAULT_WEIGHT = {"cosine": 10.0, "mse": 25.0}
-
-
-class IdentityOptions(GuidanceOptions):
-    weight: float | None = Field(
-        None, ge=0.0, description="default: 10 for cosine (paper), 25 for mse (code)"
-    )
-    distance: Literal["cosine", "mse"] = Field(
-        "cosine", description="cosine: 1 - cos (paper); mse: sum of squares (code)"
-    )
-    weights: str | None = Field(
-        None,
-        description="InceptionResnetV1 state dict file (default: facenet-pytorch's cache)",
-    )
-    size: int = Field(
-        160, ge=80, le=512, description="side the images are resized to before embedding"
-    )
 
 
 class Identity(Stage):

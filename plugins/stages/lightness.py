@@ -11,28 +11,14 @@ as in the official code.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 
 from guidestack.engine.context import RunContext, StepState
 from guidestack.engine.hookspecs import hookimpl
-from guidestack.engine.refs import RestorerRef
-from guidestack.engine.stage import GuidanceOptions
 
+from .pgdiff_options import LightnessOptions
 from .properties import gray, known_pixels, sum_per_sample
 from .smooth_semantics import RestorerTarget
-
-
-class LightnessOptions(GuidanceOptions):
-    restorer: RestorerRef = Field(
-        default_factory=lambda: RestorerRef(use="identity"),
-        description='target f(y): "identity" (default) is the observation; old photo uses a smoother',
-    )
-    region: Literal["all", "known"] = Field(
-        "all", description="known: only pixels the mask marks known (all pixels without a mask)"
-    )
 
 
 class Lightness(RestorerTarget):

@@ -19,10 +19,8 @@ the recipes ``odedit``, ``odedit-light``, ``odedit-heavy`` and ``code`` to them.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
 
 import torch
-from pydantic import Field, model_validator
 
 from guidestack.engine import steps
 from guidestack.engine.context import InitialLatent, RunContext, StepState
@@ -32,8 +30,9 @@ from guidestack.engine.loop_api import RunResult
 from guidestack.engine.registry import Registry
 from guidestack.engine.sampler import grid_for, transitions_for
 from guidestack.engine.schedule import ddim_timesteps
-from guidestack.engine.stage import Stage, StageOptions
+from guidestack.engine.stage import Stage
 
+from .odedit_options import LangevinOptions, ODEInversionOptions
 from .projections import X0Rule, confidence_clip
 
 # --- DDIM transfers ----------------------------------------------------------------------------
@@ -142,58 +141,6 @@ def per_sample_mae(a: torch.Tensor, b: torch.Tensor) -> list[float]:
 # --- ode-inversion ---------------------------------------------------------------------------
 
 
-class ODEInversionOptions(StageOptions):
-    depth: int | None = Field(
-        None,
-        ge=0,
-        description="ORIGINAL timestep to invert to (default: the top of the sampler grid)",
-    )
-    steps: int | None = Field(
-        None,
-        ge=1,
-        description="invert over the grid of a sampler with this many steps (its spacing, from depth down); default: the points the sampler visits",
-    )
-    noise: float = Field(
-        0.0, ge=0.0, description="std of Gaussian noise added to the observation first (CODE: 0.01)"
-    )
-    noise_draws: int = Field(
-        1,
-        ge=1,
-        le=10,
-        description="add `noise` this many times, a new draw each (the CODE notebook: 2, std "
-        "0.01 sqrt 2)",
-    )
-    start: Literal["data", "image"] = Field(
-        "data",
-        description="data: the observation is the data (alpha_bar 1), the first step inverts it to "
-        "the lowest grid point; image: it is taken as the latent at the lowest grid point (the "
-        "CODE notebook: t = 0)",
-    )
-    method: Literal["ddim", "fixed-point"] = Field(
-        "ddim",
-        description="ddim: plain DDIM inversion (1 call/step); fixed-point: + corrections that invert the decoder's step exactly",
-    )
-    iterations: int = Field(
-        1, ge=1, le=20, description="fixed-point: corrections per step (one model call each)"
-    )
-    threshold: X0Rule | None = Field(
-        None,
-        description="x0 rule of the inversion's DDIM steps; match the decoder (default: clip if sampler.clip_x0, else none; CODE: dynamic)",
-    )
-    clip_eta: float | None = Field(
-        None,
-        gt=0.0,
-        description="confidence-clip each latent during inversion with this eta (CODE's CBC: 1.7)",
-    )
-    keep_latents: bool = Field(
-        True, description="keep every inverted latent in ctx.cache['<id>.latents']"
-    )
-    reconstruct: bool = Field(
-        True,
-        description="decode the latent with plain DDIM over the sampler's grid and report the error (costs as many calls)",
-    )
-
-
 class ODEInversion(Stage):
     """Starts the reverse process from the observation's own ODE latent instead of noise."""
 
@@ -205,13 +152,6 @@ class ODEInversion(Stage):
         if self.options.threshold is not None:
             return self.options.threshold
         return X0Rule(mode="clip" if ctx.sampler.clip_x0 else "none")
-
-    @classmethod
-    def prior_problems(cls, options: ODEInversionOptions, prior: Any) -> list[tuple[str, str]]:
-        top = prior.num_train_timesteps - 1
-        if options.depth is not None and options.depth > top:
-            return [("depth", f"{options.depth} is beyond the prior's last timestep {top}")]
-        return []
 
     def depth(self, ctx: RunContext) -> int:
         top = ctx.prior.num_train_timesteps - 1
@@ -278,87 +218,6 @@ class ODEInversion(Stage):
 
 
 # --- langevin ----------------------------------------------------------------------------------
-
-
-class LangevinOptions(StageOptions):
-    at: list[int] | None = Field(
-        None,
-        description="ORIGINAL timesteps of the latents to update, each snapped to the nearest visited grid point",
-    )
-    every: int | None = Field(
-        None,
-        ge=1,
-        description="update every n-th visited latent counted from the data end (0, n, 2n...)",
-    )
-    updates: int = Field(
-        100, ge=0, description="K: Langevin updates per latent (or in total, see per)"
-    )
-    per: Literal["latent", "total"] = Field(
-        "latent", description="latent: K at each chosen latent; total: K split over them"
-    )
-    step_size: float = Field(
-        1e-6, gt=0.0, description="eps of the step-size schedule (seed 1e-6, CODE 1.15e-5)"
-    )
-    schedule: Literal["seed", "geometric", "constant"] = Field(
-        "seed",
-        description=(
-            "seed: alpha_t = eps * sigma_t / sigma_1 (sigma_1 at the lowest grid point); geometric (CODE): "
-            "alpha = eps * ratio^(1 - t/t_top); constant: eps"
-        ),
-    )
-    ratio: float = Field(
-        100.0, gt=0.0, description="geometric: alpha at t = 0 over alpha at the grid's top"
-    )
-    direction: Literal["default", "grow", "shrink"] = Field(
-        "default",
-        description="whether alpha grows or shrinks with t (default: the schedule's own: seed grows, geometric shrinks)",
-    )
-    temperature: float = Field(
-        1.0 / 3.0, ge=0.0, description="T in sqrt(2 alpha T) z (seed 1/3, CODE 1)"
-    )
-    sigma: Literal["marginal", "ve"] = Field(
-        "marginal",
-        description="sigma_t of the score -eps/sigma_t and of the seed schedule: sqrt(1-abar) or sqrt((1-abar)/abar)",
-    )
-    annealing: int = Field(1, ge=1, description="stages the K updates are split into (CODE: 4)")
-    decay: float = Field(
-        0.8, gt=0.0, description="alpha multiplier from one annealing stage to the next (CODE: 0.8)"
-    )
-    noise_free: Literal["none", "stage", "end"] = Field(
-        "none",
-        description="one extra update without noise after each annealing stage (CODE's code) or once at the end",
-    )
-    noise_free_eps: Literal["thresholded", "raw"] = Field(
-        "thresholded",
-        description="the noise-free update's eps: re-derived from threshold(x0) like the others, or the model's raw eps (CODE's code)",
-    )
-    split: Literal["spread", "floor"] = Field(
-        "spread",
-        description=(
-            "K over the annealing stages: spread (250 -> 63, 63, 62, 62) or floor (K // annealing"
-            " each, the rest dropped, and a stage of one update makes none: CODE's code, 62 x 4)"
-        ),
-    )
-    order: Literal["before", "after"] = Field(
-        "before",
-        description="before: at latent t before the DDIM step from t (seed and CODE); after: on the step's result at t_prev",
-    )
-    threshold: X0Rule = Field(
-        default_factory=X0Rule, description="x0 rule before the score is taken (CODE: dynamic)"
-    )
-    clip_eta: float | None = Field(
-        None,
-        gt=0.0,
-        description="confidence-clip the latent before every update (CODE option, off)",
-    )
-
-    @model_validator(mode="after")
-    def _one_selection(self) -> LangevinOptions:
-        if self.at is not None and self.every is not None:
-            raise ValueError("give `at` or `every`, not both")
-        if self.at is not None and any(t < 0 for t in self.at):
-            raise ValueError("`at` holds ORIGINAL timesteps, which are >= 0")
-        return self
 
 
 def marginal_sigma(abar: float, kind: str) -> float:

@@ -19,43 +19,15 @@ import math
 
 import kornia
 import torch
-from pydantic import Field, model_validator
 
 from guidestack.engine.context import RunContext, StepState
 from guidestack.engine.errors import InputError
 from guidestack.engine.hookspecs import hookimpl
 from guidestack.engine.loop_api import RunResult
-from guidestack.engine.refs import PinvOperatorRef
-from guidestack.engine.stage import Stage, StageOptions
+from guidestack.engine.stage import Stage
 from guidestack.plugins.degradations.binding import bind, needs_mask
 
-
-class PasteKnownOptions(StageOptions):
-    final: bool = Field(True, description="paste the known pixels of y into the final image")
-    every_step: bool = Field(
-        False,
-        description="also replace the known pixels of every x_prev by y diffused to t_prev (RePaint-style)",
-    )
-    feather: float = Field(
-        0.0,
-        ge=0.0,
-        le=16.0,
-        description=(
-            "for the final paste, blend over this many pixels (Gaussian sigma) outside the "
-            "missing region to hide seams; 0 = hard paste"
-        ),
-    )
-    operator: PinvOperatorRef | None = Field(
-        None,
-        description="a linear operator with a pseudo-inverse: paste = x - H^+(H x - y); default: "
-        "the observation's mask",
-    )
-
-    @model_validator(mode="after")
-    def _feather_needs_a_mask(self) -> PasteKnownOptions:
-        if self.feather > 0 and self.operator is not None:
-            raise ValueError("feather blends a mask's seam; it does not apply with an operator")
-        return self
+from .difface_options import PasteKnownOptions
 
 
 class PasteKnown(Stage):

@@ -14,17 +14,14 @@ how to get them.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 
 from guidestack.engine.context import RunContext, StepState
 from guidestack.engine.hookspecs import hookimpl
-from guidestack.engine.refs import RestorerRef
 from guidestack.engine.restorer import restore
 
 from .. import networks
+from .pgdiff_options import PerceptualOptions
 from .properties import (
     cached_model,
     file_key,
@@ -33,26 +30,7 @@ from .properties import (
     sum_per_sample,
     user_file,
 )
-from .smooth_semantics import RestorerTarget, SmoothSemanticsOptions
-
-
-class PerceptualOptions(SmoothSemanticsOptions):
-    weight: float = Field(1e-2, ge=0.0, description="paper: 1e-2 (quality enhancement)")
-    restorer: RestorerRef = Field(
-        default_factory=lambda: RestorerRef(use="identity"),
-        description="target f(y) when target = restorer; identity: the observation itself",
-    )
-    target: Literal["restorer", "reference"] = Field(
-        "restorer", description="compare x0 with f(y) or with the reference"
-    )
-    net: Literal["alex", "vgg"] = Field("alex", description="LPIPS backbone")
-    backbone: str | None = Field(
-        None,
-        description="backbone state dict file (default: torchvision's cache, downloaded when online)",
-    )
-    reduction: Literal["sum", "mean"] = Field(
-        "sum", description="sum (PGDiff's loss scale) or mean of LPIPS's per-pixel map"
-    )
+from .smooth_semantics import RestorerTarget
 
 
 class Perceptual(RestorerTarget):

@@ -18,17 +18,17 @@ make themselves (inversion, Langevin).
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
-from pydantic import Field
 
-from guidestack.engine.config import StrictModel
 from guidestack.engine.context import RunContext, StepState
 from guidestack.engine.hookspecs import hookimpl
 from guidestack.engine.registry import Registry
 from guidestack.engine.schedule import window_contains
-from guidestack.engine.stage import Stage, StageOptions
+from guidestack.engine.stage import Stage
+
+from .odedit_options import ConfidenceClippingOptions, DynamicThresholdingOptions
+from .odedit_options import X0Rule as X0Rule  # re-exported: ODEdit imports it from here
 
 
 def dynamic_threshold(
@@ -55,39 +55,6 @@ def confidence_clip(x: torch.Tensor, abar: float, eta: float) -> torch.Tensor:
     return x.clamp(-bound, bound)
 
 
-class X0Rule(StrictModel):
-    """How an x0 prediction is bounded by stages that call the model themselves (ODEdit's
-    inversion and Langevin), mirroring what the sampler does with ``clip_x0`` and the
-    ``dynamic-thresholding`` stage."""
-
-    mode: Literal["none", "clip", "dynamic"] = Field(
-        "none", description="none: raw x0; clip: clamp to [-1, 1]; dynamic: dynamic thresholding"
-    )
-    quantile: float = Field(
-        0.98, gt=0.0, le=1.0, description="dynamic: quantile of |x0| per sample"
-    )
-    max: float = Field(1.3, ge=1.0, description="dynamic: largest threshold s")
-
-    def apply(self, x0: torch.Tensor) -> torch.Tensor:
-        if self.mode == "clip":
-            return x0.clamp(-1.0, 1.0)
-        if self.mode == "dynamic":
-            return dynamic_threshold(x0, self.quantile, self.max)
-        return x0
-
-
-class DynamicThresholdingOptions(StageOptions):
-    quantile: float = Field(
-        0.98, gt=0.0, le=1.0, description="quantile of |x0| per sample (CODE: 0.98)"
-    )
-    max: float = Field(
-        1.3, ge=1.0, description="largest threshold s (CODE: 1.3); 1 = plain clipping"
-    )
-    window: tuple[int, int] | None = Field(
-        None, description="only act when lo < t <= hi (ORIGINAL timesteps); default: always"
-    )
-
-
 class DynamicThresholding(Stage):
     """Bounds x0 before guidance and the step rule (the ``transform_x0`` hook).  The sampler's
     ``clip_x0`` runs first and would make this a no-op: recipes set ``clip_x0 = false``."""
@@ -108,20 +75,6 @@ class DynamicThresholding(Stage):
     def transform_x0(self, ctx: RunContext, state: StepState) -> None:
         if window_contains(self.options.window, state.t):
             state.x0 = dynamic_threshold(state.x0, self.options.quantile, self.options.max)
-
-
-class ConfidenceClippingOptions(StageOptions):
-    eta: float = Field(1.7, gt=0.0, description="noise standard deviations allowed (CODE: 1.7)")
-    apply_to: Literal["x_t", "x_prev"] = Field(
-        "x_t",
-        description=(
-            "x_t: clip the latent before each denoiser call, at abar_t (CODE); x_prev: clip each "
-            "step's result at abar_t_prev (the final image to [-1, 1])"
-        ),
-    )
-    window: tuple[int, int] | None = Field(
-        None, description="only act when lo < t <= hi (ORIGINAL timesteps of the latent clipped)"
-    )
 
 
 class ConfidenceClipping(Stage):

@@ -9,23 +9,15 @@ restorer calls goes into the run report (``restorer_calls``), so its cost is vis
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 
 from guidestack.engine.context import RunContext, StepState
 from guidestack.engine.hookspecs import hookimpl
 from guidestack.engine.loop_api import RunResult
-from guidestack.engine.refs import RestorerRef
 from guidestack.engine.restorer import Restorer, restore
-from guidestack.engine.stage import GuidanceOptions, Stage
+from guidestack.engine.stage import Stage
 
+from .pgdiff_options import SmoothSemanticsOptions
 from .properties import sum_per_sample
-
-
-class SmoothSemanticsOptions(GuidanceOptions):
-    restorer: RestorerRef = Field(
-        default_factory=lambda: RestorerRef(use="gaussian-blur"),
-        description='restorer f giving the target f(y), e.g. { use = "gaussian-blur", sigma = 1.5 }',
-    )
 
 
 class RestorerTarget(Stage):

@@ -12,23 +12,14 @@ downsample makes it PGDiff-style super-resolution, with y kept at its low resolu
 from __future__ import annotations
 
 import torch
-from pydantic import Field
 
 from guidestack.engine.context import RunContext, StepState
 from guidestack.engine.hookspecs import hookimpl
-from guidestack.engine.refs import OperatorRef
-from guidestack.engine.stage import GuidanceOptions, Stage
+from guidestack.engine.stage import Stage
 from guidestack.plugins.degradations.binding import bind, needs_mask
 
+from .pgdiff_options import UnmaskedRegionOptions
 from .properties import require_input, sum_per_sample
-
-
-class UnmaskedRegionOptions(GuidanceOptions):
-    operator: OperatorRef | None = Field(
-        None,
-        description="measurement operator H: the loss becomes ||H(x0) - y||^2 with y in H's "
-        "space; default: the observation's mask, ||(1 - M)(x0 - y)||^2",
-    )
 
 
 class UnmaskedRegion(Stage):

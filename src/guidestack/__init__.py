@@ -5,7 +5,8 @@ The public API (see docs/python.md)::
     import guidestack as gs
     out = gs.run("inpaint", gs.load_prior("gaussian-faces-64"), "face.png", mask="mask.png")
 
-Names are imported on first use, so ``import guidestack`` (and the CLI's start) stays fast.
+Names are imported on first use, so ``import guidestack`` (and the CLI's start) stays fast; the
+registry and recipe functions come from :mod:`guidestack.lookup`, which imports no torch.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ _EXPORTS = {
     # running
     "run": "guidestack.api",
     "load_prior": "guidestack.api",
-    "load_recipe": "guidestack.api",
+    "load_recipe": "guidestack.lookup",
     "Result": "guidestack.result",
     "Trajectory": "guidestack.result",
     "run_distributed": "guidestack.distributed",
@@ -28,8 +29,8 @@ _EXPORTS = {
     "World": "guidestack.distributed",
     # extending
     "guidance": "guidestack.engine.functional",
-    "register": "guidestack.api",
-    "registry": "guidestack.api",
+    "register": "guidestack.lookup",
+    "registry": "guidestack.lookup",
     "Stage": "guidestack.engine.stage",
     "StageOptions": "guidestack.engine.stage",
     "GuidanceOptions": "guidestack.engine.stage",
@@ -46,16 +47,16 @@ _EXPORTS = {
     "RunContext": "guidestack.engine.context",
     "StepState": "guidestack.engine.context",
     # finding out
-    "list_recipes": "guidestack.api",
-    "requirements": "guidestack.api",
+    "list_recipes": "guidestack.lookup",
+    "requirements": "guidestack.lookup",
     "pick_device": "guidestack.api",
     "preflight": "guidestack.api",
     "pipeline_hints": "guidestack.api",
     "derive_seed": "guidestack.api",
-    "HOOK_API_VERSION": "guidestack.api",
-    "list_plugins": "guidestack.api",
-    "explain": "guidestack.api",
-    "run_hooks": "guidestack.api",
+    "HOOK_API_VERSION": "guidestack.lookup",
+    "list_plugins": "guidestack.lookup",
+    "explain": "guidestack.lookup",
+    "run_hooks": "guidestack.lookup",
     # images
     "read_image": "guidestack.io.images",
     "save_image": "guidestack.io.outputs",

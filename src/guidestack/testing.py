@@ -222,7 +222,7 @@ class HookRecorder:
     def instrument(self, registry: Registry) -> Registry:
         entries = {kind: dict(table) for kind, table in registry.entries.items()}
         for name, entry in entries.get("stage", {}).items():
-            entries["stage"][name] = replace(entry, obj=self._recording(entry.obj))
+            entries["stage"][name] = replace(entry, target=self._recording(entry.obj))
         return replace(
             registry,
             entries=entries,

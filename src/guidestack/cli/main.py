@@ -7,18 +7,41 @@ Exit codes: 0 success; 2 usage, recipe or input errors (the user must change som
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from guidestack import GuidestackError, UsageError, __version__
+from guidestack import GuidestackError, PluginError, UsageError, __version__
 
 
 class _Parser(argparse.ArgumentParser):
+    #: a lazily registered command's ``configure``, applied when the command is parsed or its
+    #: help shown, so ``guidestack --help`` lists plugin commands without importing them
+    pending: Callable[[argparse.ArgumentParser], None] | None = None
+
     def error(self, message: str) -> None:  # argparse exits 2 too, but with our wording
         raise UsageError(f"{self.prog}: {message} (see `{self.prog} --help`)")
+
+    def _configure(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending(self)
+            _common_options(self)
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        self._configure()
+        return super().parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        self._configure()
+        return super().format_help()
+
+    def format_usage(self) -> str:
+        self._configure()
+        return super().format_usage()
 
 
 def build_parser(registry) -> argparse.ArgumentParser:
@@ -155,12 +178,28 @@ def build_parser(registry) -> argparse.ArgumentParser:
     add_plugin_commands(sub)
     for name in registry.names("command"):
         entry = registry.get("command", name)
-        configure, _ = entry.obj
         command = sub.add_parser(name, help=entry.description)
-        configure(command)
+        if entry.lazy:  # its module is imported only if this command is used
+            command.pending = functools.partial(_configure_plugin_command, entry)
+        else:
+            entry.obj[0](command)
     for command in sub.choices.values():
-        _common_options(command)
+        if command.pending is None:
+            _common_options(command)
     return parser
+
+
+def _configure_plugin_command(entry, parser: argparse.ArgumentParser) -> None:
+    """Apply a lazily registered command's ``configure`` (what ``add_command`` checks for an
+    eager one at registration), naming the plugin if it fails."""
+    configure, _ = entry.obj
+    try:
+        configure(parser)
+    except Exception as exc:  # noqa: BLE001 - reported with the plugin's name
+        raise PluginError(
+            f"plugin '{entry.plugin}' command '{entry.name}': its configure(parser) failed with "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def _common_options(command: argparse.ArgumentParser) -> None:
@@ -181,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        from guidestack.api import registry as default_registry
+        from guidestack.lookup import registry as default_registry
 
         registry = default_registry()
         _warn_broken_plugins(registry, debug)
@@ -252,9 +291,9 @@ def _dispatch(args: argparse.Namespace, registry) -> int:
 
 
 def _recipes(args: argparse.Namespace, registry) -> int:
-    from guidestack import api
+    from guidestack import lookup
 
-    rows = api.list_recipes(registry=registry)
+    rows = lookup.list_recipes(registry=registry)
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
@@ -265,9 +304,9 @@ def _recipes(args: argparse.Namespace, registry) -> int:
 
 
 def _plugins(args: argparse.Namespace, registry) -> int:
-    from guidestack import api
+    from guidestack import lookup
 
-    listing = api.list_plugins(registry=registry)
+    listing = lookup.list_plugins(registry=registry)
     if args.json:
         print(json.dumps(listing, indent=2, default=str))
         return 0
@@ -286,13 +325,18 @@ def _plugins(args: argparse.Namespace, registry) -> int:
 
 def _validate(args: argparse.Namespace, registry) -> int:
     """Validate as ``run`` would: per_prior tables for ``--prior``, else for the recipe's own
-    default prior (loaded if it can be; otherwise the recipe is checked without them)."""
-    from guidestack import PriorUnavailable, api
+    default prior (loaded if it can be; otherwise the recipe is checked without them).  A
+    registered prior that declares its facts (name, kind, schedule) is not even loaded."""
+    from guidestack import PriorUnavailable, lookup
 
-    draft = api.load_recipe(args.recipe, set=args.overrides, registry=registry)
+    draft = lookup.load_recipe(args.recipe, set=args.overrides, registry=registry)
     wanted = args.prior or draft.prior.name
     try:
-        prior = api.load_prior(wanted, registry=registry)
+        prior = lookup.prior_facts(wanted, registry=registry)
+        if prior is None:
+            from guidestack import api
+
+            prior = api.load_prior(wanted, registry=registry)
     except PriorUnavailable as exc:
         if args.prior is not None:
             raise

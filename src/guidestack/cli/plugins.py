@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from guidestack import Registry, UsageError, api
+from guidestack import Registry, UsageError, lookup
 
 #: the labels of options-model constraints in ``explain``'s option tables
 _CONSTRAINT_LABELS = {
@@ -116,7 +116,7 @@ def add_plugin_commands(sub: Any) -> None:
         "name", help="a registered name or a plugin name (`guidestack plugins` lists them)"
     )
     explain_p.add_argument(
-        "--kind", choices=[*api.KINDS, "plugin"], help="only look for this kind of thing"
+        "--kind", choices=[*lookup.KINDS, "plugin"], help="only look for this kind of thing"
     )
     explain_p.add_argument("--json", action="store_true")
 
@@ -135,7 +135,7 @@ def add_plugin_commands(sub: Any) -> None:
 def run_plugin_command(args: argparse.Namespace, registry: Callable[[], Registry]) -> int:
     """Dispatch ``explain`` / ``new-plugin``; ``registry`` is called only when needed."""
     if args.command == "explain":
-        found = api.explain(args.name, args.kind, registry=registry())
+        found = lookup.explain(args.name, args.kind, registry=registry())
         if args.json:
             print(json.dumps(found if len(found) > 1 else found[0], indent=2))
         else:

@@ -18,30 +18,9 @@ import torch
 import torch.nn.functional as F
 from guidestack.engine.context import RunContext, StepState
 from guidestack.engine.hookspecs import hookimpl
-from guidestack.engine.stage import Stage, StageOptions
-from pydantic import Field, model_validator
+from guidestack.engine.stage import Stage
 
-
-class LowPassOptions(StageOptions):
-    factor: int = Field(
-        4,
-        ge=2,
-        le=64,
-        description="down-sampling factor N of the low-pass filter: the input's structure above "
-        "N pixels is kept (larger N keeps less of the input)",
-    )
-    window: tuple[int, int] = Field(
-        (-1, 1000),
-        description="project when lo < t <= hi (ORIGINAL timesteps); default: every step, so "
-        "the output's low-pass equals the input's; raise lo to let the prior finish alone",
-    )
-
-    @model_validator(mode="after")
-    def _window_ordered(self) -> LowPassOptions:
-        lo, hi = self.window
-        if lo >= hi:
-            raise ValueError(f"window must be [lo, hi] with lo < hi, got [{lo}, {hi}]")
-        return self
+from .options import ILVR, LowPassOptions
 
 
 def low_pass(x: torch.Tensor, factor: int) -> torch.Tensor:
@@ -53,9 +32,7 @@ def low_pass(x: torch.Tensor, factor: int) -> torch.Tensor:
 
 class LowPassConsistency(Stage):
     name = "ilvr"
-    description = (
-        "ILVR projection: replace the latent's low frequencies by those of the noised input."
-    )
+    description = ILVR
     Options = LowPassOptions
 
     @hookimpl

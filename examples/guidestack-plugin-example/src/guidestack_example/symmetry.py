@@ -16,25 +16,9 @@ import math
 import torch
 from guidestack.engine.context import RunContext, StepState
 from guidestack.engine.hookspecs import hookimpl
-from guidestack.engine.stage import GuidanceOptions, Stage
-from pydantic import Field
+from guidestack.engine.stage import Stage
 
-
-class MirrorSymmetryOptions(GuidanceOptions):
-    sigma: float = Field(
-        0.0,
-        ge=0.0,
-        le=16.0,
-        description="blur x0 by this many pixels before comparing it with its mirror image "
-        "(0 = compare pixels; larger = only coarse structure is made symmetric)",
-    )
-    extent: float = Field(
-        0.8,
-        gt=0.0,
-        le=1.0,
-        description="side of the centred box compared, as a fraction of the image; the weight "
-        "tapers from 1 at the centre to 0 at the box's border (1 = the whole image)",
-    )
+from .options import MIRROR_SYMMETRY, MirrorSymmetryOptions
 
 
 def blur_matrix(n: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
@@ -85,10 +69,7 @@ def asymmetry(x: torch.Tensor, sigma: float = 0.0, extent: float = 1.0) -> torch
 
 class MirrorSymmetry(Stage):
     name = "mirror-symmetry"
-    description = (
-        "Guidance towards a left-right symmetric face: 1/2 ||W (B(x0) - flip(B(x0)))||^2, "
-        "B a blur, W the face box."
-    )
+    description = MIRROR_SYMMETRY
     Options = MirrorSymmetryOptions
 
     @hookimpl
