@@ -70,6 +70,23 @@ class Prior(nn.Module):
                 return tensor.device
         return torch.device("cpu")
 
+    def timestep_list(self, t: torch.Tensor | int, n: int) -> list[int]:
+        """``t`` (one integer timestep, or one per sample) as ``n`` python ints, checked: priors
+        that compute per sample in float64 (the Gaussian prior, the low-noise expert) need them
+        as indices into ``alphas_cumprod``."""
+        t = torch.as_tensor(t).reshape(-1)
+        if t.dtype.is_floating_point or t.dtype == torch.bool:
+            raise ValueError(f"timesteps must be integers, got dtype {t.dtype}")
+        if t.numel() == 1:
+            t = t.expand(n)
+        if t.numel() != n:
+            raise ValueError(f"got {t.numel()} timesteps for a batch of {n}")
+        values = [int(v) for v in t.tolist()]
+        top = self.num_train_timesteps
+        if any(v < 0 or v >= top for v in values):
+            raise ValueError(f"timesteps must lie in [0, {top - 1}], got {values}")
+        return values
+
     def forward(
         self, x_t: torch.Tensor, t: torch.Tensor
     ) -> PriorOutput:  # pragma: no cover - abstract

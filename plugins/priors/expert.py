@@ -139,21 +139,8 @@ class LowNoiseExpert(Prior):
 
     def expert_eps(self, x_t: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
         """The expert's own noise prediction ``(x_t - a D(x_t / a, sigma_eff)) / b`` at every t."""
-        steps = self._timesteps(t, x_t.shape[0])
+        steps = self.timestep_list(t, x_t.shape[0])
         return self._expert_rows(x_t, steps, range(x_t.shape[0]))
-
-    def _timesteps(self, t: torch.Tensor | int, n: int) -> list[int]:
-        t = torch.as_tensor(t).reshape(-1)
-        if t.dtype.is_floating_point or t.dtype == torch.bool:
-            raise ValueError(f"timesteps must be integers, got dtype {t.dtype}")
-        if t.numel() == 1:
-            t = t.expand(n)
-        if t.numel() != n:
-            raise ValueError(f"got {t.numel()} timesteps for a batch of {n}")
-        values = [int(v) for v in t.tolist()]
-        if any(v < 0 or v >= self.num_train_timesteps for v in values):
-            raise ValueError(f"timesteps must lie in [0, {self.num_train_timesteps - 1}]")
-        return values
 
     def _expert_rows(self, x_t: torch.Tensor, steps: list[int], rows) -> torch.Tensor:
         """Expert eps for the samples ``rows`` of ``x_t`` (stacked in that order)."""
@@ -188,7 +175,7 @@ class LowNoiseExpert(Prior):
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor | int) -> PriorOutput:
         """``w eps_expert + (1 - w) eps_prior`` per sample; exactly the prior's where ``w = 0``."""
-        steps = self._timesteps(t, x_t.shape[0])
+        steps = self.timestep_list(t, x_t.shape[0])
         weights = [self.weight(s) for s in steps]
         rows = [i for i, w in enumerate(weights) if w > 0.0]
         if rows and all(w == 1.0 for w in weights) and not self.learned_variance:

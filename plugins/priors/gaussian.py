@@ -131,17 +131,7 @@ class GaussianPrior(Prior):
         """``(a, b)`` per sample; ``t=None`` means clean data (a = 1, b = 0)."""
         if t is None:
             return [(1.0, 0.0)] * n
-        t = torch.as_tensor(t).reshape(-1)
-        if t.dtype.is_floating_point or t.dtype == torch.bool:
-            raise ValueError(f"timesteps must be integers, got dtype {t.dtype}")
-        if t.numel() == 1:
-            t = t.expand(n)
-        if t.numel() != n:
-            raise ValueError(f"got {t.numel()} timesteps for a batch of {n}")
-        values = [int(v) for v in t.tolist()]
-        top = self.num_train_timesteps
-        if any(v < 0 or v >= top for v in values):
-            raise ValueError(f"timesteps must lie in [0, {top - 1}], got {values}")
+        values = self.timestep_list(t, n)
         abar = self.alphas_cumprod.detach().cpu()
         return [(math.sqrt(float(abar[v])), math.sqrt(1.0 - float(abar[v]))) for v in values]
 
