@@ -63,6 +63,17 @@ def _deterministic():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    loops of many tiny tensor ops are fastest so, and on a busy 2-core CI machine two threads
+    per process cost 10x (measured); batch and parity numbers are measured so too."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _needs_shared_data(item: pytest.Item) -> bool:
     """Whether the test (or one of its fixtures) reads ../shared/data through :func:`shared`."""
     import inspect

@@ -21,12 +21,7 @@ SEEDS = [7, 8]
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ours(registry, unet, config, sampler) -> torch.Tensor:

@@ -26,14 +26,7 @@ from guidestack.plugins.stages.color_statistics import CELEBA_HQ_MEAN, channel_s
 SIZE = 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These runs are many tiny tensor ops: one thread is fastest, and on a busy CI machine
-    two threads per process cost 10x (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,14 +19,6 @@ from guidestack.plugins.priors.gaussian import load_shipped_prior
 SIZE = 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def reg():
     return load_registry(blocked=set(), entry_points=False)
@@ -250,7 +242,10 @@ def test_network_stages_are_batch_invariant(reg, prior, random_facenet):
 
 # --- torch-module restorer ------------------------------------------------------------------
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning"),
+]
 
 
 class Shrink(torch.nn.Module):

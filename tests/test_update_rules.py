@@ -62,12 +62,7 @@ def reg():
     return registry_with(Probe)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def unet_prior(learned: bool) -> DiffusersPrior:
