@@ -27,6 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import guidestack as gs
+
 REPO = Path(__file__).resolve().parents[1]
 PRIORS = ("gaussian-faces-64", "gaussian-faces-64+ffdnet")
 #: (degradation, recipes meant for it); restore-reference and restore-identity-perceptual need a
@@ -78,10 +80,8 @@ def means(path: Path) -> dict[str, dict[str, float | str]]:
 
 def uses_expert_by_default(recipe: str) -> bool:
     """Whether ``recipe`` runs on the expert when no ``--prior`` is given (extra installed)."""
-    out = subprocess.run(
-        [guidestack(), "validate", recipe], capture_output=True, text=True, check=True, cwd=REPO
-    )
-    return "+ffdnet" in out.stdout.splitlines()[0]
+    facts = gs.prior_facts(gs.load_recipe(recipe).prior.name)
+    return facts is not None and facts.name.endswith("+ffdnet")
 
 
 def main() -> int:

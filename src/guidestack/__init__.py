@@ -57,6 +57,7 @@ _EXPORTS = {
     "list_plugins": "guidestack.lookup",
     "explain": "guidestack.lookup",
     "run_hooks": "guidestack.lookup",
+    "prior_facts": "guidestack.lookup",
     # images
     "read_image": "guidestack.io.images",
     "save_image": "guidestack.io.outputs",
