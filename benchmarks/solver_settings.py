@@ -60,9 +60,10 @@ def measure(prior, recipe: str, overrides: dict, seed: int) -> list[str]:
     for name in NAMES:
         given = inputs(recipe, name)
         run = gs.load_recipe(recipe, set=overrides)
-        out = gs.run(run, prior, given.pop("image"), seed=seed, output_size="prior", **given)
+        image = given.pop("image")
+        out = gs.run(run, prior, image, seed=seed, output_size="prior", **given)
         if recipe.endswith("sr4"):  # H = 4x area downsampling, y the 16x16 face
-            y = torch.from_numpy(np.asarray(low_resolution(name), dtype=np.float64)) / 127.5 - 1
+            y = torch.from_numpy(np.asarray(image, dtype=np.float64)) / 127.5 - 1
             y = y.permute(2, 0, 1)
             mse = float((F.avg_pool2d(out.restored.double(), 4) - y).pow(2).mean())
             relative = math.sqrt(mse / float(y.pow(2).mean()))
